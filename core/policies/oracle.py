@@ -1,0 +1,18 @@
+"""Oracle: the true attention of the current query in the current layer, top-k per KV head.
+
+It needs the full q.K product, so it saves nothing; it is the ceiling every predictor aims at.
+Pooling is the group mean of probabilities: that maximises the attention mass the group keeps.
+"""
+
+import torch
+
+from core.policies.base import LayerView, Policy
+
+
+class OraclePolicy(Policy):
+    name = "oracle"
+    description = "True attention of the current query (ceiling; needs the full q.K product)."
+    pool = "mean"
+
+    def head_scores(self, view: LayerView) -> torch.Tensor:
+        return view.true_probs()

@@ -1,0 +1,78 @@
+"""TokenButler: a learned, query-aware predictor ranks past tokens per head at every step.
+
+Forward pre-hooks on the producer layers' attention read the normed hidden state (and RoPE cos/sin)
+of the tokens being processed and store each predicted layer's importance queries; the attention
+function then asks `head_scores`, which scores the cached keys' calibrated channels. Nothing is
+evicted: a token dropped at one step can be read again when a later query needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from core.models import weights_fingerprint
+from core.policies.base import LayerView, Policy
+from core.predictor import DEFAULT_DIR, Predictor, PredictorMismatchError
+
+
+class TokenButlerPolicy(Policy):
+    name = "tokenbutler"
+    description = "Learned per-head, per-step importance predictor (TokenButler); cache kept whole."
+
+    def __init__(
+        self,
+        sinks: int = 4,
+        recent: int = 4,
+        seed: int = 0,
+        predictor: Predictor | str | Path | None = None,
+    ) -> None:
+        super().__init__(sinks=sinks, recent=recent, seed=seed)
+        self.predictor = predictor if isinstance(predictor, Predictor) else Predictor.load(predictor or DEFAULT_DIR)
+        self.pred_queries: dict[int, tuple[int, torch.Tensor]] = {}
+        self._checked: set[int] = set()
+
+    def begin(self, num_layers, budget, prompt_len) -> None:
+        super().begin(num_layers, budget, prompt_len)
+        self.pred_queries = {}
+
+    def _check_model(self, model: torch.nn.Module) -> None:
+        """Refuse a predictor trained for another base model (once per model object)."""
+        if id(model) in self._checked:
+            return
+        found = weights_fingerprint(model)
+        if found != self.predictor.config.fingerprint:
+            raise PredictorMismatchError(
+                f"The TokenButler predictor was trained for {self.predictor.config.base_model!r} "
+                f"(fingerprint {self.predictor.config.fingerprint}); this model's fingerprint is {found}. "
+                "Train a predictor for it with `python -m core train --model <source> --out <folder>`."
+            )
+        self._checked.add(id(model))
+
+    def attach(self, model: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        self._check_model(model)
+        layers = model.model.layers
+        device = next(model.parameters()).device
+        self.predictor.to(device)
+
+        def make_hook(producer: int):
+            def hook(module, args, kwargs):
+                hidden = kwargs["hidden_states"]
+                cos, sin = kwargs["position_embeddings"]
+                start = int(kwargs["position_ids"][0, 0]) if kwargs.get("position_ids") is not None else 0
+                with torch.no_grad():
+                    for layer, q in self.predictor.queries(producer, hidden, cos, sin).items():
+                        self.pred_queries[layer] = (start, q)
+
+            return hook
+
+        return [
+            layers[p].self_attn.register_forward_pre_hook(make_hook(p), with_kwargs=True)
+            for p in self.predictor.config.producer_layers
+        ]
+
+    def head_scores(self, view: LayerView) -> torch.Tensor:
+        start, queries = self.pred_queries[view.layer]
+        rows = (view.positions - start).to(queries.device)
+        return self.predictor.scores(view.layer, queries[:, :, rows, :], view.key)

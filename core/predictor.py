@@ -1,0 +1,218 @@
+"""The TokenButler predictor: which past tokens each head of each layer will need, per query.
+
+Design (generation "2.5", see docs/predictor.md):
+- Queries: a few *producers*, one every `group_layers` layers starting at layer 1. Producer p reads the
+  attention input (normed hidden state) of layer p at the current token and predicts, for layers
+  p .. p+group_layers-1 and every query head, a small importance query of `dim` values.
+- Keys: no learned key network. For each (layer, KV head) we keep `dim/2` RoPE frequency pairs of the
+  real post-RoPE keys already in the KV cache, chosen once by calibration (largest E|q_f||k_f|).
+  Selecting whole RoPE pairs commutes with the rotation, so the predicted query is rotated with the
+  same cos/sin and the score q'.k' stays relative-position aware; a generic linear key projection
+  would not (it would need the absolute position from the hidden state).
+- Score of past token j for head h: q'_h . k'_{j, kv(h)} / sqrt(dim): a low-rank, query-aware guess
+  of the true logit. The extra cache is `dim` values per (layer >= 1, KV head) per token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core.models import ModelSpec
+
+WEIGHTS_FILE = "predictor.safetensors"
+CONFIG_FILE = "config.json"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "predictor"
+
+
+class PredictorMismatchError(ValueError):
+    """A predictor trained for another base model (architecture or weights differ)."""
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Shape of the predictor and the base model it was trained for."""
+
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    fingerprint: str
+    base_model: str
+    dim: int = 16
+    inner: int = 128
+    group_layers: int = 4
+    first_layer: int = 1
+
+    @classmethod
+    def for_spec(cls, spec: ModelSpec, **overrides) -> PredictorConfig:
+        return cls(
+            num_layers=spec.num_layers,
+            num_heads=spec.num_heads,
+            num_kv_heads=spec.num_kv_heads,
+            head_dim=spec.head_dim,
+            hidden_size=spec.hidden_size,
+            fingerprint=spec.fingerprint,
+            base_model=spec.name,
+            **overrides,
+        )
+
+    @property
+    def predicted_layers(self) -> list[int]:
+        return list(range(self.first_layer, self.num_layers))
+
+    @property
+    def producer_layers(self) -> list[int]:
+        return self.predicted_layers[:: self.group_layers]
+
+
+class Producer(nn.Module):
+    """Hidden state of one layer -> importance queries for the next `group_layers` layers."""
+
+    def __init__(self, hidden: int, inner: int, outputs: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.up = nn.Linear(hidden, inner)
+        self.down = nn.Linear(inner, outputs)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.down(nn.functional.silu(self.up(self.norm(hidden))))
+
+
+class Predictor(nn.Module):
+    """All producers plus the calibrated key channels; scores every predicted layer's past tokens."""
+
+    def __init__(self, config: PredictorConfig) -> None:
+        super().__init__()
+        if config.dim % 2 or config.dim > config.head_dim:
+            raise ValueError(f"dim must be even and <= head_dim ({config.head_dim}), got {config.dim}.")
+        self.config = config
+        per_layer = config.num_heads * config.dim
+        self.producers = nn.ModuleDict(
+            {
+                str(p): Producer(config.hidden_size, config.inner, per_layer * len(self.layers_of(p)))
+                for p in config.producer_layers
+            }
+        )
+        default_pairs = torch.arange(config.dim // 2).expand(config.num_layers, config.num_kv_heads, -1)
+        self.register_buffer("pairs", default_pairs.clone())
+
+    def layers_of(self, producer: int) -> list[int]:
+        """Layers whose queries producer `producer` predicts."""
+        last = min(producer + self.config.group_layers, self.config.num_layers)
+        return list(range(producer, last))
+
+    def set_pairs(self, pairs: torch.Tensor) -> None:
+        """Install calibrated RoPE pairs [num_layers, num_kv_heads, dim/2]."""
+        self.pairs.copy_(pairs.to(self.pairs))
+
+    def key_channels(self, layer: int) -> torch.Tensor:
+        """[Hkv, dim] channel indices of the real key: the selected pairs' first halves, then second halves."""
+        pairs = self.pairs[layer]
+        return torch.cat([pairs, pairs + self.config.head_dim // 2], dim=-1)
+
+    def project_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
+        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim] (what the extra cache would hold)."""
+        idx = self.key_channels(layer).to(key.device)
+        return torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+
+    def queries(self, producer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict:
+        """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin."""
+        cfg = self.config
+        out = self.producers[str(producer)](hidden.to(self.producers[str(producer)].up.weight.dtype))
+        b, t = hidden.shape[:2]
+        layers = self.layers_of(producer)
+        out = out.view(b, t, len(layers), cfg.num_heads, cfg.dim).permute(2, 0, 3, 1, 4)  # [G, B, Hq, T, dim]
+        half = cfg.dim // 2
+        group = cfg.num_heads // cfg.num_kv_heads
+        result = {}
+        for i, layer in enumerate(layers):
+            pairs = self.pairs[layer].repeat_interleave(group, dim=0).to(cos.device)  # [Hq, half]
+            c = (
+                cos[:, None, :, :]
+                .expand(-1, cfg.num_heads, -1, -1)
+                .gather(-1, pairs[None, :, None, :].expand(b, -1, t, -1))
+            )
+            s = (
+                sin[:, None, :, :]
+                .expand(-1, cfg.num_heads, -1, -1)
+                .gather(-1, pairs[None, :, None, :].expand(b, -1, t, -1))
+            )
+            x, y = out[i][..., :half], out[i][..., half:]
+            result[layer] = torch.cat([x * c - y * s, y * c + x * s], dim=-1)
+        return result
+
+    def scores(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """[B, Hq, Q, dim] predicted queries x [B, Hkv, T, head_dim] real keys -> [B, Hq, Q, T] logits."""
+        keys = self.project_keys(layer, key).to(query.dtype)
+        group = query.shape[1] // keys.shape[1]
+        keys = keys.repeat_interleave(group, dim=1)
+        return torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(self.config.dim)
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        """Weights as safetensors + a JSON config carrying the base model's fingerprint."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.config), **(extra or {})}, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, spec: ModelSpec | None = None, device: str | torch.device = "cpu") -> Predictor:
+        """Load a saved predictor; with `spec`, refuse one trained for another base model."""
+        folder = Path(folder)
+        if not (folder / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"No trained predictor in {folder}: train one with `python -m core train --out {folder}`."
+            )
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+        config = PredictorConfig(**meta["config"])
+        if spec is not None and config.fingerprint != spec.fingerprint:
+            raise PredictorMismatchError(
+                f"The predictor in {folder} was trained for {config.base_model!r} (fingerprint {config.fingerprint}), "
+                f"not for {spec.name!r} (fingerprint {spec.fingerprint}). Train one for this model with "
+                f"`python -m core train --model {spec.name} --out <folder>`."
+            )
+        predictor = cls(config)
+        predictor.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        return predictor.to(device).eval()
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def overheads(self, spec: ModelSpec, base_parameters: int) -> dict[str, float]:
+        """Parameters relative to the base model and extra per-token cache relative to its KV cache."""
+        extra_cache = len(self.config.predicted_layers) * self.config.num_kv_heads * self.config.dim
+        return {
+            "parameters": self.parameter_count(),
+            "parameter_share": self.parameter_count() / base_parameters,
+            "cache_values_per_token": extra_cache,
+            "cache_share": extra_cache / spec.kv_values_per_token,
+        }
+
+
+def calibrate_pairs(
+    captures: list[dict[int, tuple[torch.Tensor, torch.Tensor]]], config: PredictorConfig
+) -> torch.Tensor:
+    """Pick, per (layer, KV head), the RoPE pairs with the largest mean |q_f| |k_f| over the captured passes.
+
+    captures: per pass, {layer: (query [B,Hq,T,D], key [B,Hkv,T,D])} post-RoPE.
+    """
+    half_d = config.head_dim // 2
+    group = config.num_heads // config.num_kv_heads
+    weight = torch.zeros(config.num_layers, config.num_kv_heads, half_d)
+    for capture in captures:
+        for layer, (query, key) in capture.items():
+            qn = torch.hypot(query[..., :half_d], query[..., half_d:]).float()  # [B,Hq,T,half]
+            kn = torch.hypot(key[..., :half_d], key[..., half_d:]).float()  # [B,Hkv,T,half]
+            qn = qn.view(qn.shape[0], config.num_kv_heads, group, -1, half_d).mean(dim=(0, 2, 3))
+            weight[layer] += (qn * kn.mean(dim=(0, 2))).cpu()
+    return weight.topk(config.dim // 2, dim=-1).indices.sort(dim=-1).values

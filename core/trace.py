@@ -1,0 +1,40 @@
+"""What one decode step looked like, per layer and head: the page draws only from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LayerTrace:
+    """One layer at one step: true attention and policy scores per query head, kept rows per KV head."""
+
+    true_probs: torch.Tensor  # [Hq, T] fp16
+    scores: torch.Tensor | None  # [Hq, T] fp16, the policy's own per-head scores (None: rule-based or dense)
+    kept: torch.Tensor | None  # [Hkv, K] int32 token indices read (None: dense layer)
+
+
+@dataclass
+class StepTrace:
+    """All layers at one decode step (the current token is at `position`)."""
+
+    position: int
+    layers: dict[int, LayerTrace] = field(default_factory=dict)
+
+
+@dataclass
+class ReadStats:
+    """Counts of K/V rows read against rows a dense step would read, for the achieved sparsity."""
+
+    read: int = 0
+    total: int = 0
+
+    def add(self, read: int, total: int) -> None:
+        self.read += read
+        self.total += total
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.read / self.total if self.total else 0.0

@@ -1,0 +1,211 @@
+"""Train the TokenButler predictor against the frozen model's true causal attention.
+
+One step: a dense forward pass of the frozen model over a chunk of training text captures, per
+layer, the post-RoPE queries and keys and, at the producer layers, the attention inputs. The
+predictor then guesses every predicted layer's logits for `rows` sampled query rows, and the loss
+compares them with the true attention of those rows:
+- "kl": distribution matching, KL(true softmax || predicted softmax) over each row's causal past;
+- "mse": MSE between predicted and true pre-softmax logits (generation 1's loss).
+`accelerate launch -m core train ...` spreads it over GPUs; bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from core.attention import SparseSession, activate
+from core.budget import Budget
+from core.metrics import hit_accuracy
+from core.models import LoadedModel
+from core.policies import make_policy
+from core.predictor import Predictor, PredictorConfig, calibrate_pairs
+
+STATE_FILE = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (recorded beside the checkpoint)."""
+
+    steps: int = 1500
+    seq_len: int = 512
+    rows: int = 96
+    min_row: int = 16
+    lr: float = 1e-3
+    warmup: float = 0.1
+    clip: float = 20.0
+    loss: str = "kl"
+    dim: int = 16
+    inner: int = 128
+    group_layers: int = 4
+    seed: int = 0
+    calib_chunks: int = 4
+    save_every: int = 100
+
+
+@dataclass
+class Capture:
+    """One frozen forward pass: per-layer (query, key), and per-producer (hidden, cos, sin)."""
+
+    qk: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def capture_pass(lm: LoadedModel, ids: torch.Tensor, producer_layers: list[int]) -> Capture:
+    """Run the frozen model densely and keep what the predictor and the targets need."""
+    inputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args, kwargs):
+            cos, sin = kwargs["position_embeddings"]
+            inputs[layer] = (kwargs["hidden_states"].detach(), cos.detach(), sin.detach())
+
+        return hook
+
+    layers = lm.model.model.layers
+    handles = [layers[p].self_attn.register_forward_pre_hook(make_hook(p), with_kwargs=True) for p in producer_layers]
+    session = SparseSession(policy=make_policy("dense"), budget=Budget.dense(), mode="teacher", capture={})
+    try:
+        with torch.no_grad(), activate(session):
+            lm.model(input_ids=ids.view(1, -1).to(lm.device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return Capture(qk=session.capture, inputs=inputs)
+
+
+def row_logits(
+    predictor: Predictor, cap: Capture, rows: torch.Tensor
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (layer, predicted logits, true logits, causal mask) for the sampled rows, layer by layer."""
+    scale = predictor.config.head_dim**-0.5
+    for producer in predictor.config.producer_layers:
+        hidden, cos, sin = cap.inputs[producer]
+        for layer, q_pred in predictor.queries(producer, hidden, cos, sin).items():
+            query, key = cap.qk[layer]
+            pred = predictor.scores(layer, q_pred[:, :, rows, :], key).float()
+            group = query.shape[1] // key.shape[1]
+            true = torch.matmul(query[:, :, rows, :].float(), key.repeat_interleave(group, 1).float().transpose(-1, -2))
+            causal = torch.arange(key.shape[2], device=key.device)[None, :] <= rows[:, None].to(key.device)
+            yield layer, pred, true * scale, causal
+
+
+def row_loss(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss of one layer's sampled rows ([B, Hq, R, T]) over each row's causal past."""
+    if kind == "mse":
+        return ((pred - true) ** 2).masked_select(causal.expand_as(pred)).mean()
+    log_q = torch.log_softmax(pred.masked_fill(~causal, float("-inf")), dim=-1)
+    p = torch.softmax(true.masked_fill(~causal, float("-inf")), dim=-1)
+    log_p = torch.log(p.clamp_min(1e-30))
+    return (p * (log_p - log_q.masked_fill(~causal, 0.0))).sum(-1).mean()
+
+
+def sample_rows(seq_len: int, rows: int, min_row: int, generator: random.Random) -> torch.Tensor:
+    """Distinct query rows in [min_row, seq_len), sorted (every row's past is at least min_row+1 long)."""
+    pool = list(range(min_row, seq_len))
+    return torch.tensor(sorted(generator.sample(pool, min(rows, len(pool)))))
+
+
+def _schedule(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up then cosine decay to zero."""
+    warm = max(1, int(total * warmup))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def train(
+    lm: LoadedModel,
+    chunks: list[torch.Tensor],
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    resume: bool = True,
+    progress: bool = True,
+    until: int | None = None,
+) -> tuple[Predictor, list[dict]]:
+    """Train (or resume) a predictor for `lm` on token `chunks`; checkpoints go to `out`.
+
+    `until` stops this call after that step (with a checkpoint), for time-boxed runs resumed later.
+    """
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    accelerator = Accelerator(
+        mixed_precision="bf16" if torch.cuda.is_available() else "no", cpu=lm.device.type == "cpu"
+    )
+    pconf = PredictorConfig.for_spec(lm.spec, dim=config.dim, inner=config.inner, group_layers=config.group_layers)
+    predictor = Predictor(pconf)
+    optimizer = torch.optim.AdamW(predictor.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config.steps, config.warmup))
+    state_path = out / STATE_FILE
+    start, history = 0, []
+    if resume and state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        predictor.load_state_dict(state["predictor"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["step"], state["history"]
+    else:
+        calib = [capture_pass(lm, chunks[i % len(chunks)], []).qk for i in range(config.calib_chunks)]
+        predictor.set_pairs(calibrate_pairs(calib, pconf))
+    predictor, optimizer = accelerator.prepare(predictor, optimizer)
+    model = accelerator.unwrap_model(predictor)
+    rng = random.Random(config.seed)
+    order = list(range(len(chunks)))
+    stop = min(config.steps, until or config.steps)
+    bar = tqdm(range(start, stop), initial=start, total=config.steps, disable=not progress, desc="train")
+    for step in bar:
+        rng.seed(config.seed * 1_000_003 + step)
+        ids = chunks[order[step % len(order)]]
+        cap = capture_pass(lm, ids, model.config.producer_layers)
+        rows = sample_rows(ids.numel(), config.rows, config.min_row, rng)
+        losses, hits = [], []
+        optimizer.zero_grad(set_to_none=True)
+        with accelerator.autocast():
+            for _, pred, true, causal in row_logits(model, cap, rows):
+                losses.append(row_loss(pred, true, causal, config.loss))
+                hits.append(float(hit_accuracy(pred.detach(), true, causal.sum(-1)).mean()))
+        loss = torch.stack(losses).mean()
+        accelerator.backward(loss)
+        total = float(loss.detach())
+        accelerator.clip_grad_norm_(predictor.parameters(), config.clip)
+        optimizer.step()
+        scheduler.step()
+        record = {
+            "step": step + 1,
+            "loss": total,
+            "hit_accuracy": sum(hits) / len(hits),
+            "lr": scheduler.get_last_lr()[0],
+        }
+        history.append(record)
+        bar.set_postfix(loss=f"{total:.4f}", hit=f"{record['hit_accuracy']:.3f}")
+        if (step + 1) % config.save_every == 0 or step + 1 == stop:
+            save_checkpoint(model, optimizer, scheduler, out, step + 1, history, config, lm)
+    return model, history
+
+
+def save_checkpoint(predictor, optimizer, scheduler, out: Path, step: int, history: list, config, lm) -> None:
+    """Weights + config (with the base fingerprint) for users; full state for resuming."""
+    extra = {"train": asdict(config), "step": step, "overheads": predictor.overheads(lm.spec, _base_params(lm))}
+    predictor.save(out, extra=extra)
+    state = {
+        "predictor": predictor.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "history": history,
+    }
+    torch.save(state, out / STATE_FILE)
+    (out / "history.json").write_text(json.dumps(history))
+
+
+def _base_params(lm: LoadedModel) -> int:
+    return sum(p.numel() for p in lm.model.parameters())

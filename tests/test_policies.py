@@ -1,0 +1,137 @@
+"""Each policy keeps exactly its budget and obeys its own definition (tiny random Llama, real decoding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.budget import Budget
+from core.decode import GenerationConfig, forward_teacher, generate
+from core.policies import UnknownPolicyError, make_policy, policy_names
+from core.policies.base import LayerView
+from core.policies.quest import QuestPolicy, page_bounds
+from core.predictor import Predictor, PredictorConfig
+
+STATELESS = ["dense", "oracle", "random", "streaming", "quest", "tokenbutler"]
+
+
+def build(name: str, lm, **options):
+    if name == "tokenbutler":
+        torch.manual_seed(1)
+        options["predictor"] = Predictor(PredictorConfig.for_spec(lm.spec, dim=8, inner=16, group_layers=2))
+    return make_policy(name, **options)
+
+
+def prompt_ids(n: int = 40, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 128, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def run(lm, name, budget, steps=12, n=40, **options):
+    config = GenerationConfig(max_new_tokens=steps, trace=True, stop_at_eos=False)
+    return list(generate(lm, prompt_ids(n), build(name, lm, **options), budget, config))
+
+
+def kept_sets(events, layer):
+    return [e.trace.layers[layer].kept[0].tolist() for e in events if e.trace is not None]
+
+
+def test_registry_lists_every_method():
+    assert set(policy_names()) >= {"dense", "oracle", "random", "streaming", "h2o", "snapkv", "quest", "tokenbutler"}
+
+
+def test_unknown_policy_is_a_clear_error():
+    with pytest.raises(UnknownPolicyError, match=r"Unknown policy 'nope'.*dense"):
+        make_policy("nope")
+
+
+@pytest.mark.parametrize("name", ["oracle", "random", "streaming", "quest", "h2o", "snapkv", "tokenbutler"])
+def test_huge_budget_equals_dense_bit_for_bit(tiny_lm, name):
+    dense = run(tiny_lm, "dense", Budget.dense())
+    sparse = run(tiny_lm, name, Budget(tokens=10_000))
+    for a, b in zip(dense, sparse, strict=True):
+        assert torch.equal(a.logits, b.logits)
+        assert a.token_id == b.token_id
+
+
+@pytest.mark.parametrize("name", ["oracle", "random", "streaming", "quest", "tokenbutler", "h2o"])
+def test_each_policy_keeps_exactly_its_budget(tiny_lm, name):
+    budget = Budget(ratio=0.3)
+    events = run(tiny_lm, name, budget)
+    layer = 2
+    for event in events[1:]:
+        kept = event.trace.layers[layer].kept
+        past = event.trace.position + 1
+        assert kept.shape == (tiny_lm.spec.num_kv_heads, budget.keep(past))
+        assert (kept.diff(dim=-1) > 0).all(), "indices ascending and distinct"
+        assert int(kept.max()) == past - 1, "the current token is always read"
+    assert 0.6 < events[-1].sparsity < 0.72  # layer 0 stays dense, so achieved < nominal 70%
+
+
+def test_streaming_keeps_sinks_plus_recent(tiny_lm):
+    budget = Budget(tokens=10)
+    for event in run(tiny_lm, "streaming", budget)[1:]:
+        past = event.trace.position + 1
+        expected = list(range(4)) + list(range(past - 6, past))
+        for head in event.trace.layers[1].kept.tolist():
+            assert head == expected
+
+
+def test_h2o_never_brings_back_an_evicted_token(tiny_lm):
+    events = run(tiny_lm, "h2o", Budget(tokens=12), steps=20)
+    for layer in (1, 3):
+        evicted: set[int] = set()
+        previous: set[int] | None = None
+        for kept in kept_sets(events, layer):
+            now = set(kept)
+            assert not (now & evicted), "an evicted token came back"
+            if previous is not None:
+                evicted |= previous - now
+            previous = now
+        assert evicted, "the budget forced evictions"
+
+
+def test_snapkv_keeps_its_window_and_generated_tokens(tiny_lm):
+    n, window = 40, 8
+    events = run(tiny_lm, "snapkv", Budget(tokens=16), n=n, window=window)
+    for event in events[1:]:
+        past = event.trace.position + 1
+        for head in event.trace.layers[2].kept.tolist():
+            assert set(range(n - window, past)) <= set(head)
+            assert len([i for i in head if i < n]) == 16
+
+
+def test_quest_bound_is_an_upper_bound_of_every_key_in_its_page():
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 3, 16)
+    k = torch.randn(1, 2, 64, 16)
+    pages = k.view(1, 2, 4, 16, 16)
+    bound = page_bounds(q, pages.amin(dim=3), pages.amax(dim=3))  # [1, 2, 3, 4]
+    true = torch.matmul(q, k.transpose(-1, -2)).view(1, 2, 3, 4, 16).amax(-1)
+    assert (bound >= true - 1e-5).all()
+
+
+def test_quest_partial_page_uses_only_visible_keys():
+    torch.manual_seed(0)
+    q = torch.randn(1, 1, 1, 8)
+    k = torch.randn(1, 1, 20, 8)
+    view = LayerView(2, q, k, 1.0, torch.tensor([17]))
+    scores = QuestPolicy(page_size=16).head_scores(view)[0, 0, 0]
+    visible = torch.matmul(q[0, 0], k[0, 0, 16:18].T).max()
+    assert scores[16] >= visible - 1e-5
+    k_future = k.clone()
+    k_future[:, :, 18:] = 100.0
+    assert torch.equal(
+        QuestPolicy(page_size=16).head_scores(LayerView(2, q, k_future, 1.0, torch.tensor([17])))[0, 0, 0, 16:18],
+        scores[16:18],
+    )
+
+
+@pytest.mark.parametrize("name", STATELESS)
+def test_teacher_row_equals_decode_step(tiny_lm, name):
+    n, steps = 30, 10
+    budget = Budget(ratio=0.4)
+    events = run(tiny_lm, name, budget, steps=steps, n=n)
+    ids = torch.cat([prompt_ids(n)[0], torch.tensor([e.token_id for e in events[:-1]])])
+    logits, _ = forward_teacher(tiny_lm, ids, build(name, tiny_lm), budget, prompt_len=n)
+    for i, event in enumerate(events):
+        assert torch.allclose(logits[0, n - 1 + i], event.logits, atol=1e-4), f"step {i}"

@@ -1,0 +1,79 @@
+"""The TokenButler predictor: training lowers the loss, checkpoints round-trip, resume, refusal of other models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from core.budget import Budget
+from core.decode import forward_teacher
+from core.policies import make_policy
+from core.predictor import Predictor, PredictorConfig, PredictorMismatchError
+from core.train import TrainConfig, capture_pass, row_logits, train
+from tests.conftest import tiny_llama
+
+CONFIG = TrainConfig(
+    steps=12, seq_len=64, rows=16, min_row=4, lr=1e-2, dim=8, inner=32, group_layers=2, calib_chunks=2, save_every=6
+)
+
+
+def chunks(n: int = 8, length: int = 64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 128, (length,), generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predictor")
+    predictor, history = train(tiny_lm, chunks(), out, CONFIG, progress=False)
+    return out, predictor, history
+
+
+def test_training_lowers_the_loss(trained):
+    _, _, history = trained
+    first = sum(h["loss"] for h in history[:3]) / 3
+    last = sum(h["loss"] for h in history[-3:]) / 3
+    assert last < first
+
+
+def test_save_load_round_trip_gives_identical_scores(tiny_lm, trained):
+    out, predictor, _ = trained
+    loaded = Predictor.load(out, tiny_lm.spec)
+    cap = capture_pass(tiny_lm, chunks()[0], predictor.config.producer_layers)
+    rows = torch.arange(10, 64)
+    for (_, a, _, _), (_, b, _, _) in zip(row_logits(predictor, cap, rows), row_logits(loaded, cap, rows), strict=True):
+        assert torch.equal(a, b)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["fingerprint"] == tiny_lm.spec.fingerprint
+    assert meta["overheads"]["parameters"] == predictor.parameter_count()
+
+
+def test_a_predictor_for_another_model_is_refused(trained):
+    out, _, _ = trained
+    other = tiny_llama(seed=5)
+    with pytest.raises(PredictorMismatchError, match="trained for"):
+        Predictor.load(out, other.spec)
+    policy = make_policy("tokenbutler", predictor=Predictor.load(out))
+    with pytest.raises(PredictorMismatchError, match="fingerprint"):
+        forward_teacher(other, chunks()[0], policy, Budget(ratio=0.5))
+
+
+def test_resume_continues_from_the_saved_step(tiny_lm, tmp_path):
+    train(tiny_lm, chunks(), tmp_path, CONFIG, progress=False, until=5)
+    _, history = train(tiny_lm, chunks(), tmp_path, CONFIG, progress=False)
+    assert [h["step"] for h in history] == list(range(1, 13))
+    fresh = train(tiny_lm, chunks(), tmp_path / "fresh", CONFIG, progress=False)[1]
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in fresh], rel=1e-5)
+
+
+def test_overheads_are_within_the_design_limits(tiny_lm):
+    predictor = Predictor(PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2))
+    over = predictor.overheads(tiny_lm.spec, 10**9)
+    assert over["cache_values_per_token"] == (tiny_lm.spec.num_layers - 1) * tiny_lm.spec.num_kv_heads * 8
+
+
+def test_missing_predictor_says_how_to_train_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m core train"):
+        Predictor.load(tmp_path)
