@@ -73,8 +73,11 @@ def pool_group(scores: torch.Tensor, group: int, how: str = "max") -> torch.Tens
 
 
 def topk_sorted(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices of the `keep` best scores along the last dim, ascending (cache order)."""
-    return scores.topk(keep, dim=-1).indices.sort(dim=-1).values
+    """Indices of the `keep` best scores along the last dim, ascending (cache order).
+
+    Ties go to the earlier token, exactly as in `rank_mask`, so decoding and teacher forcing agree
+    even for page-constant scores (Quest)."""
+    return scores.argsort(dim=-1, descending=True, stable=True)[..., :keep].sort(dim=-1).values
 
 
 def rank_mask(scores: torch.Tensor, keeps: torch.Tensor) -> torch.Tensor:

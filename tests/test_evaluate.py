@@ -1,0 +1,99 @@
+"""The evaluation harness: real decoding equals teacher forcing, cells resume, --quick runs end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from core.budget import Budget
+from core.decode import forward_teacher
+from core.evaluate import CellCache, decode_forced, main, policy_digest, task_cells
+from core.models import LoadedModel, from_model
+from core.policies import make_policy
+
+
+@pytest.fixture(scope="module")
+def lm() -> LoadedModel:
+    torch.manual_seed(0)
+    config = LlamaConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, vocab_size=128, max_position_embeddings=512)
+    return from_model(LlamaForCausalLM(config), tokenizer=None, name="tiny-evaluate")
+
+
+CASES = [("streaming", "50%"), ("oracle", "12"), ("random", "30%"), ("h2o", "40%"), ("snapkv", "50%"),
+         ("quest", "50%")]
+
+
+@pytest.mark.parametrize(("name", "budget"), CASES)
+def test_teacher_row_equals_real_decode_step(lm: LoadedModel, name: str, budget: str) -> None:
+    ids, prompt_len = torch.randint(0, 128, (56,), generator=torch.Generator().manual_seed(3)), 10
+    teacher, teacher_stats = forward_teacher(lm, ids, make_policy(name), Budget.parse(budget), prompt_len)
+    decoded, decode_stats = decode_forced(lm, ids, make_policy(name), Budget.parse(budget), prompt_len)
+    assert decoded.shape == (56 - prompt_len + 1, 128)
+    assert torch.allclose(teacher[0, prompt_len - 1 :], decoded, atol=1e-4)
+    assert teacher_stats.read == decode_stats.read and teacher_stats.total == decode_stats.total
+    assert 0.0 < decode_stats.sparsity < 1.0
+
+
+@dataclass
+class Sample:
+    input_ids: torch.Tensor
+    answer_positions: list[int]
+    prompt_len: int
+
+
+def test_task_cells_share_the_prefill_and_match_teacher_forcing(lm: LoadedModel) -> None:
+    ids = torch.randint(0, 128, (40,), generator=torch.Generator().manual_seed(5))
+    sample = Sample(ids, [30, 31, 32, 33, 34], 30)
+    names = ["dense", "oracle", "h2o", "snapkv", "streaming", "random"]
+    policies = {n: make_policy(n) for n in names}
+    budgets = {n: [Budget.dense()] if n == "dense" else [Budget(ratio=0.3), Budget(tokens=6)] for n in names}
+    cells = task_cells(lm, sample, policies, budgets)
+    assert len(cells) == 11
+    answer = torch.tensor(sample.answer_positions)
+    for (name, label), cell in cells.items():
+        budget = next(b for b in budgets[name] if b.label == label)
+        logits, _ = forward_teacher(lm, ids[:35], make_policy(name), budget, sample.prompt_len)
+        wrong = int((logits[0, answer - 1].argmax(-1) != ids[answer]).sum())
+        assert cell == {"wrong": wrong, "tokens": 5}, (name, label)
+
+
+def test_cell_cache_resumes_from_disk(tmp_path) -> None:
+    cache = CellCache(tmp_path / "cells.jsonl")
+    cache.put(("ppl", "oracle", "50%", "abc"), {"nll": 1.5})
+    cache.put(("ppl", "oracle", "50%", "abc"), {"nll": 2.5})  # the last write wins
+    again = CellCache(tmp_path / "cells.jsonl")
+    assert again.get(("ppl", "oracle", "50%", "abc")) == {"nll": 2.5}
+    assert again.get(("ppl", "h2o", "50%", "abc")) is None
+
+
+def test_policy_identity_ignores_per_sequence_state() -> None:
+    policy = make_policy("h2o")
+    before = policy_digest(policy)
+    policy.begin(3, Budget(ratio=0.2), prompt_len=17)
+    assert policy_digest(policy) == before
+    assert policy_digest(make_policy("h2o", recent_share=0.25)) != before
+
+
+def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
+    pytest.importorskip("core.data")
+    pytest.importorskip("core.tasks")
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    args = ["--quick", "--out", str(out), "--cache-dir", str(cache), "--policies", "dense,oracle,h2o,streaming"]
+    assert main(args) == 0
+    doc = json.loads((out / "eval_tiny-random-llama.json").read_text())
+    results = doc["results"]
+    assert set(results) == {"attention", "perplexity", "decode", "coref", "entities"}
+    assert results["attention"]["oracle"]["50%"]["ranking_hit_accuracy"] == pytest.approx(1.0)
+    assert results["decode"]["streaming"]["50%"]["max_logprob_gap"] < 1e-3
+    assert results["coref"]["h2o"]["32 tok"]["samples"] == 3
+    table = (out / "eval_tiny-random-llama.md").read_text()
+    assert "| oracle |" in table and "Co-reference" in table
+    assert (out / "eval_tiny-random-llama.html").is_file()
+    cells = (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n")
+    assert main(args) == 0  # everything cached: nothing is measured again
+    assert (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n") == cells
