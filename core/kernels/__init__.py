@@ -1,0 +1,76 @@
+"""Decode kernels for query-aware KV-cache sparsity: the public API and its device dispatch.
+
+At each decode step every KV head reads only its selected past tokens; the cache itself stays whole.
+CUDA tensors go to the Triton kernels (`sparse_attention`, `scoring`), everything else to the plain-torch
+references in `reference`, which are the CPU production path too. `select_topk` is torch on every device
+(torch.topk is already a radix select on CUDA). Dense attention lives in `dense`. See docs/kernels.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+import torch
+
+from core.kernels import reference
+from core.kernels.dense import dense_backend, dense_decode_attention
+from core.kernels.reference import gather_kv, select_topk
+
+__all__ = [
+    "backend_name",
+    "dense_decode_attention",
+    "gather_kv",
+    "score_projected_keys",
+    "select_topk",
+    "sparse_decode_attention",
+]
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _on_triton(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda and HAS_TRITON
+
+
+def sparse_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    indices: torch.Tensor,
+    scale: float,
+    lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decode attention over each KV head's selected rows.
+
+    q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T, D]; indices: int64 [B, Hkv, K], selected positions per KV
+    head (ascending; -1 = padding, ignored). Query head h reads KV head h // (Hq // Hkv) (transformers'
+    repeat_kv convention). lengths: optional int [B]; positions >= lengths[b] are never read. Every row needs
+    at least one valid index. Returns [B, Hq, D] in q's dtype; softmax in fp32.
+    """
+    if _on_triton(q):
+        from core.kernels import sparse_attention
+
+        return sparse_attention.sparse_decode_attention(q, k_cache, v_cache, indices, scale, lengths)
+    return reference.sparse_decode_attention(q, k_cache, v_cache, indices, scale, lengths)
+
+
+def score_projected_keys(
+    q_proj: torch.Tensor, k_proj: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """q_proj [B, Hq, d], k_proj [B, Hkv, T, d] -> [B, Hkv, T] fp32: max over the GQA group's query heads of
+    q.k; positions >= lengths[b] get -inf."""
+    if _on_triton(k_proj):
+        from core.kernels import scoring
+
+        return scoring.score_projected_keys(q_proj, k_proj, lengths)
+    return reference.score_projected_keys(q_proj, k_proj, lengths)
+
+
+def backend_name(kind: Literal["sparse", "dense"] = "sparse") -> str:
+    """What runs on this machine's preferred device: "triton" or "torch-reference" for the sparse kernels,
+    "flash-attn", "sdpa" or "torch-reference" for dense attention (bf16)."""
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "dense":
+        return dense_backend(device_type)
+    return "triton" if device_type == "cuda" and HAS_TRITON else "torch-reference"

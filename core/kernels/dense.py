@@ -1,0 +1,74 @@
+"""Dense decode attention, the baseline the sparse kernels must beat: flash-attn when installed, else SDPA.
+
+On CUDA, flash-attn's `flash_attn_with_kvcache` reads our [B, Hkv, T, D] cache through a transposed view
+(it only needs the head dim contiguous), handles GQA natively and takes `lengths` as `cache_seqlens`.
+Without it, torch SDPA with `enable_gqa` and the flash backend tried first; SDPA's flash backend takes no
+mask, so `lengths` pushes SDPA onto another backend. Off CUDA the plain-torch reference runs, which is
+what makes the CPU sparse path bit-identical to dense.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from core.kernels import reference
+
+try:
+    from flash_attn import flash_attn_with_kvcache
+except ImportError:
+    flash_attn_with_kvcache = None
+
+SDPA_PRIORITY = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+def dense_backend(device_type: str, dtype: torch.dtype = torch.bfloat16) -> str:
+    """Which implementation `dense_decode_attention` uses for tensors of this device type and dtype."""
+    if device_type != "cuda":
+        return "torch-reference"
+    if flash_attn_with_kvcache is not None and dtype in (torch.float16, torch.bfloat16):
+        return "flash-attn"
+    return "sdpa"
+
+
+def sdpa_decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """torch SDPA over the whole cache, flash backend first (on CUDA it needs no mask, fp16/bf16, D <= 256)."""
+    mask = None
+    if lengths is not None:
+        positions = torch.arange(k_cache.shape[2], device=k_cache.device)
+        mask = (positions < lengths.to(k_cache.device)[:, None])[:, None, None, :]
+    with sdpa_kernel(SDPA_PRIORITY, set_priority=True):
+        out = F.scaled_dot_product_attention(
+            q[:, :, None, :], k_cache, v_cache, attn_mask=mask, scale=scale, enable_gqa=True
+        )
+    return out[:, :, 0, :]
+
+
+def _flash_attn_decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, lengths: torch.Tensor | None
+) -> torch.Tensor:
+    seqlens = None if lengths is None else lengths.to(device=q.device, dtype=torch.int32)
+    out = flash_attn_with_kvcache(
+        q[:, None], k_cache.transpose(1, 2), v_cache.transpose(1, 2), cache_seqlens=seqlens, softmax_scale=scale
+    )
+    return out[:, 0]
+
+
+def dense_decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """q [B, Hq, D] over every cached position of k/v [B, Hkv, T, D] (< lengths[b] if given) -> [B, Hq, D]."""
+    backend = dense_backend(q.device.type, q.dtype)
+    if backend == "flash-attn":
+        return _flash_attn_decode(q, k_cache, v_cache, scale, lengths)
+    if backend == "sdpa":
+        return sdpa_decode_attention(q, k_cache, v_cache, scale, lengths)
+    return reference.dense_decode_attention(q, k_cache, v_cache, scale, lengths)

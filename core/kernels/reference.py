@@ -1,0 +1,127 @@
+"""Plain-torch decode kernels: the CPU path in production and the oracle for the Triton kernels.
+
+Decode attention is computed per GQA group without `repeat_kv`: the group's query heads become the rows
+of one small matmul against their KV head's keys, so no key or value is copied per query head. The sparse
+path gathers the selected rows and then runs exactly the dense math (`attend`), so with every position
+selected it is bit-identical to `dense_decode_attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def length_mask(lengths: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Additive fp32 mask, 0 where positions[b, ...] < lengths[b] and -inf elsewhere; shape of `positions`."""
+    view = lengths.to(positions.device).view(-1, *([1] * (positions.dim() - 1)))
+    return torch.zeros(positions.shape, device=positions.device).masked_fill(positions >= view, NEG_INF)
+
+
+def attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """q [B, Hq, D] against keys/values [B, Hkv, N, D] (+ additive mask [B, Hkv, N]); fp32 softmax, q's dtype out."""
+    b, hq, d = q.shape
+    hkv = keys.shape[1]
+    grouped = q.reshape(b, hkv, hq // hkv, d).float()
+    logits = torch.matmul(grouped, keys.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        logits = logits + mask[:, :, None, :]
+    probs = torch.softmax(logits, dim=-1)
+    return torch.matmul(probs, values.float()).reshape(b, hq, -1).to(q.dtype)
+
+
+def dense_decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of one query row per head over the whole cache (positions >= lengths[b] masked)."""
+    mask = None
+    if lengths is not None:
+        positions = torch.arange(k_cache.shape[2], device=k_cache.device).expand(k_cache.shape[0], -1)
+        mask = length_mask(lengths, positions)[:, None, :]
+    # contiguous like gathered rows, so the matmuls see the same layout and sparse-with-every-row is bit-identical
+    return attend(q, k_cache.contiguous(), v_cache.contiguous(), scale, mask)
+
+
+def take_rows(cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """cache [B, H, T, D], positions [B, H, K] in [0, T) -> [B, H, K, D].
+
+    One index_select over the cache viewed as B*H*T rows: on CPU ~7x faster than torch.gather with an
+    expanded index. A cache whose (B, H, T) dims cannot be merged into a view (a slice of a larger
+    static cache) falls back to advanced indexing rather than copying the whole cache.
+    """
+    b, h, t, d = cache.shape
+    if cache.stride(0) == h * cache.stride(1) and cache.stride(1) == t * cache.stride(2):
+        offsets = torch.arange(b * h, device=cache.device).view(b, h, 1) * t
+        return cache.flatten(0, 2).index_select(0, (positions + offsets).flatten()).view(b, h, -1, d)
+    heads = torch.arange(h, device=cache.device)[None, :, None]
+    return cache[torch.arange(b, device=cache.device)[:, None, None], heads, positions]
+
+
+def gather_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows `indices` [B, Hkv, K] of each KV head -> keys, values [B, Hkv, K, D] and an additive fp32 mask
+    [B, Hkv, K] that is -inf for padding (-1) and, given `lengths`, for positions >= lengths[b]."""
+    safe = indices.clamp(min=0)
+    keys, values = take_rows(k_cache, safe), take_rows(v_cache, safe)
+    mask = torch.zeros(indices.shape, device=indices.device).masked_fill(indices < 0, NEG_INF)
+    if lengths is not None:
+        mask = mask + length_mask(lengths, indices)
+    return keys, values, mask
+
+
+def sparse_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    indices: torch.Tensor,
+    scale: float,
+    lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decode attention of each GQA group over its KV head's selected rows (see core.kernels)."""
+    keys, values, mask = gather_kv(k_cache, v_cache, indices, lengths)
+    return attend(q, keys, values, scale, mask)
+
+
+def score_projected_keys(
+    q_proj: torch.Tensor, k_proj: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """q_proj [B, Hq, d] . k_proj [B, Hkv, T, d] max-pooled over each GQA group -> [B, Hkv, T] fp32."""
+    b, hq, d = q_proj.shape
+    hkv, t = k_proj.shape[1], k_proj.shape[2]
+    grouped = q_proj.reshape(b, hkv, hq // hkv, d).float()
+    scores = torch.matmul(grouped, k_proj.float().transpose(-1, -2)).amax(dim=2)
+    if lengths is not None:
+        positions = torch.arange(t, device=k_proj.device).expand(b, -1)
+        scores = scores + length_mask(lengths, positions)[:, None, :]
+    return scores
+
+
+def select_topk(
+    scores: torch.Tensor, budgets: int | torch.Tensor, always_keep_last: bool = True
+) -> torch.Tensor:
+    """Best `budgets[b]` positions per KV head -> [B, Hkv, Kmax] int64, ascending, -1 padded at the end.
+
+    Positions scored -inf (beyond a request's length) are never selected. With `always_keep_last`, the last
+    finite-scored position (the current token) is always kept. Runs on any device with no host sync for an
+    int budget; a tensor budget costs one `.max()` to size the output.
+    """
+    t = scores.shape[-1]
+    work = scores.float()
+    positions = torch.arange(t, device=scores.device)
+    if always_keep_last:
+        last = torch.where(work > NEG_INF, positions, -1).amax(dim=-1, keepdim=True)
+        work = work.masked_fill(positions == last, float("inf"))
+    if isinstance(budgets, int):
+        top = work.topk(min(budgets, t), dim=-1, sorted=False)
+        keep = top.values > NEG_INF
+    else:
+        budgets = budgets.to(scores.device)
+        top = work.topk(min(int(budgets.max()), t), dim=-1, sorted=True)
+        ranks = torch.arange(top.indices.shape[-1], device=scores.device)
+        keep = (top.values > NEG_INF) & (ranks < budgets[:, None, None])
+    ordered = torch.where(keep, top.indices, t).sort(dim=-1).values
+    return ordered.masked_fill(ordered == t, -1)
