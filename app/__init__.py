@@ -1,0 +1,1 @@
+"""The TokenButler Studio page: Gradio layout, event handlers and plotly figures (no model math)."""

@@ -1,0 +1,240 @@
+"""Event handlers: check what a visitor sent, call core, and stream updates into the page.
+
+A visitor's mistake (every ValueError core raises: PromptError, BudgetError, UnknownPolicyError, ...)
+or a missing shipped file becomes a gr.Error carrying core's message: a toast in the page and an
+AppError for API clients.
+Anything else is logged on the server and reported in one line, never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect as pyinspect
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from app import figures, markup
+from app.gpu import gpu
+from app.state import RunRecord, shared_model
+from core import decode, metrics
+from core.budget import Budget, BudgetError
+from core.models import LoadedModel
+from core.policies import make_policy
+from core.traceviews import head_triangle as triangle_arrays
+from core.traceviews import keep_frequency, step_view
+
+log = logging.getLogger(__name__)
+
+LIVE_FIGURE_EVERY_S = 1.0  # Inspect follows the newest step this often while a run streams
+STATS_EVERY_S = 0.5  # the stats table too: every token would cost the stream more than it shows
+
+
+class Ticker:
+    """True on the first call, then at most once per `every` seconds: throttles heavy streamed outputs."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.last = -float("inf")
+
+    def due(self) -> bool:
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return False
+        self.last = now
+        return True
+NO_RUN = "Nothing to inspect yet: run a generation on the Generate tab first."
+
+
+def _as_gr_error(err: Exception) -> gr.Error:
+    if isinstance(err, (ValueError, FileNotFoundError)):  # core's messages say what to do (a missing predictor too)
+        return gr.Error(str(err))
+    log.exception("handler failed")
+    return gr.Error(f"The run failed inside the model ({type(err).__name__}); the server log has the details.")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn exceptions into gr.Error messages (keeping generator handlers generators, for streaming)."""
+    if pyinspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streaming(*args: Any, **kwargs: Any) -> Iterator:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as err:
+                raise _as_gr_error(err) from None
+        return streaming
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as err:
+            raise _as_gr_error(err) from None
+    return plain
+
+
+def parse_budget(kind: str, ratio: float | None, tokens: float | None) -> Budget:
+    """The budget the visitor picked: a ratio of the past or a whole number of tokens."""
+    if kind == "tokens":
+        if tokens is None:
+            raise BudgetError("Give a token budget: a whole number, at least 1.")
+        return Budget(tokens=int(tokens))  # gr.Number(precision=0) already rounded it
+    if ratio is None:
+        raise BudgetError("Give a budget ratio between 0 and 1.")
+    return Budget(ratio=float(ratio))
+
+
+def parse_budget_list(text: str) -> list[Budget]:
+    """'10%, 25%, 0.5, 128' -> budgets (ratios and token counts may mix)."""
+    parts = [p.strip() for p in text.replace(";", ",").split(",") if p.strip()]
+    if not parts:
+        raise BudgetError("List at least one budget, e.g. 10%, 25%, 50% or 64, 128.")
+    return [Budget.parse(p) for p in parts]
+
+
+def _require_run(record: RunRecord | None) -> RunRecord:
+    if record is None or record.steps == 0:
+        raise gr.Error(NO_RUN)
+    return record
+
+
+def _check_range(name: str, value: float, low: int, high: int) -> int:
+    if value is None or not low <= int(value) <= high:
+        raise gr.Error(f"{name} must be between {low} and {high}, got {value}.")
+    return int(value)
+
+
+def render_step(record: RunRecord, step: int, layer: int) -> tuple[str, go.Figure, go.Figure]:
+    """Step note, heads x tokens figure and layer x head grid for one (step, layer)."""
+    trace = record.step_trace(step)
+    view = step_view(trace, layer, record.group)
+    grid = metrics.layer_head_grid(trace, record.num_layers, record.num_heads)
+    hit, recall = grid["hit_accuracy"][layer], grid["recall"][layer]
+    note = markup.step_note(step, record.steps, record.tokens, trace.position, layer, view.keep,
+                            None if np.isnan(hit).all() else float(np.nanmean(hit)), float(np.nanmean(recall)),
+                            record.capped)
+    fig = figures.step_figure(view, record.tokens, record.policy, record.group)
+    grid_note = (f"step {step} · hit accuracy: the policy's own top-50% vs the true top-50% (blank: no per-head "
+                 f"scores) · recall: true attention mass on the kept rows at {record.budget_label}")
+    return note, fig, figures.grid_figure(grid["hit_accuracy"], grid["recall"], layer, grid_note)
+
+
+def _inspect_outputs(record: RunRecord, layer: int) -> tuple:
+    """Step slider, note, step figure and grid for the newest traced step of a run."""
+    if not record.steps:
+        return gr.update(interactive=False), NO_RUN, *[figures.message_figure(NO_RUN)] * 2
+    # a slider needs maximum > minimum: with one step it shows 1 of 2 and stays still
+    slider = gr.update(maximum=max(record.steps, 2), value=record.steps, interactive=record.steps > 1)
+    return slider, *render_step(record, record.steps, layer)
+
+
+@gpu
+@user_errors
+def generate(prompt: str, method: str, budget_kind: str, ratio: float, tokens: float, max_new_tokens: float,
+             temperature: float, layer: float) -> Iterator[tuple]:
+    """Stream the method's output (traced), then dense for the same prompt; Inspect follows the newest step.
+
+    Yields: method text, dense text, stats, prompt view, run record, step slider, step note, step figure, grid.
+    """
+    lm = shared_model()
+    layer = _check_range("Layer", layer, 0, lm.spec.num_layers - 1)
+    budget = parse_budget(budget_kind, ratio, tokens)
+    policy = make_policy(method)
+    config = decode.GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), trace=True)
+    ids = decode.encode_prompt(lm, prompt, chat=True, reserve=config.max_new_tokens)
+    record = RunRecord.start(lm, method, budget.label, ids[0].tolist())
+    mine = markup.RunSummary(f"{method} @ {budget.label}", state="generating")
+    runs = [mine] if method == "dense" else [mine, markup.RunSummary("dense", state="waiting")]
+    skip = gr.skip()
+    stats, figure = Ticker(STATS_EVERY_S), Ticker(LIVE_FIGURE_EVERY_S)
+    text = ""
+    for event in decode.generate(lm, ids, policy, budget, config):
+        record.add_token(lm, event.token_id, event.trace)
+        text = event.text
+        mine.tokens, mine.sparsity, mine.tokens_per_s = event.index + 1, event.sparsity, event.tokens_per_s
+        live = _inspect_outputs(record, layer) if record.steps and figure.due() else (skip,) * 4
+        # the record is handed to gr.State once and then grows in place: Inspect reads it mid-run
+        yield (text, skip, markup.stats_markdown(runs) if stats.due() else skip, skip,
+               record if event.index == 0 else skip, *live)
+    mine.state = "done"
+    if method == "dense":
+        dense_text, note = text, "Dense is the reference: pick a sparse method to compare against it."
+    else:
+        dense_text, dense_ids = yield from _stream_dense(lm, ids, config, runs)
+        note = markup.difference_note(method, record.generated_ids, dense_ids, lm.tokenizer.decode)
+    frequency = keep_frequency(record.traces, record.prompt_len)
+    view = markup.prompt_html(record.tokens[: record.prompt_len], frequency, method)
+    yield text, dense_text, markup.stats_markdown(runs, note), view, record, *_inspect_outputs(record, layer)
+
+
+def _stream_dense(lm: LoadedModel, ids: torch.Tensor, config: decode.GenerationConfig,
+                  runs: list[markup.RunSummary]) -> Iterator[tuple]:
+    """Dense decoding of the same prompt with the same sampling, streamed into the right-hand box.
+
+    Returns (dense text, generated ids).
+    """
+    dense = runs[-1]
+    dense.state = "generating"
+    plain = decode.GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                    seed=config.seed)
+    dense_ids: list[int] = []
+    text = ""
+    skip, stats = gr.skip(), Ticker(STATS_EVERY_S)
+    for event in decode.generate(lm, ids, "dense", Budget.dense(), plain):
+        dense_ids.append(event.token_id)
+        text, dense.tokens, dense.tokens_per_s = event.text, event.index + 1, event.tokens_per_s
+        yield skip, text, markup.stats_markdown(runs) if stats.due() else skip, *(skip,) * 6
+    dense.state = "done"
+    return text, dense_ids
+
+
+@user_errors
+def inspect(step: float, layer: float, record: RunRecord | None) -> tuple[str, go.Figure, go.Figure]:
+    """Redraw Inspect for the picked step and layer of this visitor's last run."""
+    record = _require_run(record)
+    step = _check_range("Step", step, 1, record.steps)
+    layer = _check_range("Layer", layer, 0, record.num_layers - 1)
+    return render_step(record, step, layer)
+
+
+@user_errors
+def head_triangle(layer: float, head: float, record: RunRecord | None) -> go.Figure:
+    """One head's whole step x token picture: true attention beside the policy's prediction."""
+    record = _require_run(record)
+    layer = _check_range("Layer", layer, 0, record.num_layers - 1)
+    head = _check_range("Head", head, 0, record.num_heads - 1)
+    triangle = triangle_arrays(record.traces, layer, head, record.group)
+    return figures.triangle_figure(triangle, record.tokens, record.policy, layer, head)
+
+
+@gpu
+@user_errors
+def budgets(prompt: str, methods: list[str], budget_text: str,
+            progress: gr.Progress = gr.Progress()) -> tuple[go.Figure, str]:  # noqa: B008 (gradio's idiom)
+    """Hit accuracy and attention recall against budget for each method on this prompt, computed now."""
+    if not methods:
+        raise gr.Error("Pick at least one method to compare.")
+    lm = shared_model()
+    budget_list = parse_budget_list(budget_text)
+    ids = decode.encode_prompt(lm, prompt, chat=True)
+    last = ids.shape[1] - 1  # as in Generate: a dense prefill, then the last prompt token's query reads its budget
+    curves: dict[str, dict[str, dict[str, float]]] = {}
+    for method in progress.tqdm(methods, desc="methods"):
+        try:
+            curves.update(metrics.budget_curves(lm, ids, [method], budget_list, rows="last", prompt_len=last))
+        except FileNotFoundError as err:  # a method whose shipped weights are missing; the others still run
+            gr.Warning(f"{method} skipped: {err}")
+    if not curves:
+        raise gr.Error("None of the picked methods could run; see the warnings.")
+    title = f"last prompt token's query over {ids.shape[1]} tokens, layers ≥ 1, mean over heads"
+    return figures.curves_figure(curves, title), markup.curves_table(curves)

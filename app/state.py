@@ -1,0 +1,85 @@
+"""What the page keeps: one model shared read-only by everyone, and each visitor's last run apart.
+
+The model is loaded once per process (core.models.load caches it). A visitor's traces live in a
+`RunRecord` inside gr.State, so two visitors never see each other's runs, and a cap on trace memory
+keeps one long run from filling the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core import models
+from core.policies import policy_names
+from core.predictor import CONFIG_FILE, DEFAULT_DIR
+from core.trace import StepTrace
+from core.traceviews import trace_nbytes
+
+TRACE_BYTES_CAP = 128 * 2**20
+STATE_TTL_S = 1800
+
+
+def shared_model() -> models.LoadedModel:
+    """The embedded default model; visitors never choose a path or hub id."""
+    return models.load(models.DEFAULT_MODEL)
+
+
+def ready_methods() -> list[str]:
+    """Sparse methods that can run now: TokenButler only once its predictor ships in assets/predictor/."""
+    shipped = (DEFAULT_DIR / CONFIG_FILE).is_file()
+    return [name for name in policy_names() if name != "dense" and (shipped or name != "tokenbutler")]
+
+
+def default_method() -> str:
+    """The method the page starts on: TokenButler when it can run, the oracle until then."""
+    return "tokenbutler" if "tokenbutler" in ready_methods() else "oracle"
+
+
+@dataclass
+class RunRecord:
+    """One visitor's last generation: the token texts and per-step traces Inspect draws from."""
+
+    policy: str
+    budget_label: str
+    prompt_len: int
+    num_layers: int
+    num_heads: int
+    group: int
+    token_ids: list[int]
+    tokens: list[str]
+    traces: list[StepTrace] = field(default_factory=list)
+    trace_bytes: int = 0
+    capped: bool = False
+
+    @classmethod
+    def start(cls, lm: models.LoadedModel, policy: str, budget_label: str, prompt_ids: list[int]) -> RunRecord:
+        spec = lm.spec
+        return cls(policy=policy, budget_label=budget_label, prompt_len=len(prompt_ids), num_layers=spec.num_layers,
+                   num_heads=spec.num_heads, group=spec.group_size, token_ids=list(prompt_ids),
+                   tokens=[lm.tokenizer.decode([t]) for t in prompt_ids])
+
+    def add_token(self, lm: models.LoadedModel, token_id: int, trace: StepTrace | None) -> None:
+        """Append a generated token and its step's trace (dropped once the memory cap is reached)."""
+        self.token_ids.append(token_id)
+        self.tokens.append(lm.tokenizer.decode([token_id]))
+        if trace is None or self.capped:
+            return
+        size = trace_nbytes(trace)
+        if self.trace_bytes + size > TRACE_BYTES_CAP:
+            self.capped = True
+            return
+        self.traces.append(trace)
+        self.trace_bytes += size
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len :]
+
+    @property
+    def steps(self) -> int:
+        """Traced decode steps (the first token comes from the prefill and has none)."""
+        return len(self.traces)
+
+    def step_trace(self, step: int) -> StepTrace:
+        """Trace of decode step `step` (1-based, as the slider shows it)."""
+        return self.traces[step - 1]

@@ -1,0 +1,197 @@
+"""The page's layout: one small builder per tab, wired to app.handlers with stable API names.
+
+Model work (generate, budgets, shadow) shares one queue slot ("model"): one model, one device.
+Drawing from a visitor's own traces (inspect, head_triangle) runs beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app import examples, figures, handlers, results
+from app.about import about_markdown
+from app.state import STATE_TTL_S, default_method, ready_methods, shared_model
+from core.models import LoadedModel
+from core.policies import policy_names
+
+MODEL_QUEUE = "model"
+QUEUE_MAX = 32
+MAX_NEW_TOKENS = 256
+VIEW_CONCURRENCY = 4
+CSS = """
+.tb-prompt { font-family: ui-monospace, monospace; font-size: 13px; line-height: 1.9; max-height: 420px;
+             overflow-y: auto; white-space: pre-wrap; padding: 8px; border: 1px solid #ddd; border-radius: 6px; }
+.tb-tok { border-radius: 3px; padding: 1px 0; }
+.tb-legend, .tb-note { font-size: 13px; color: #555; margin: 4px 0; }
+"""
+INTRO = (
+    "# TokenButler Studio\n"
+    "Decode with only a **budget** of past tokens per KV head, and see which tokens each head really needed, "
+    "how well the method guessed them, and what the output lost against dense attention."
+)
+
+
+@dataclass
+class GenerateTab:
+    """The Generate tab's components that other tabs read."""
+
+    prompt: gr.Textbox
+    inputs: list[gr.components.Component]
+    button: gr.Button
+    outputs: list[gr.components.Component]
+
+
+@dataclass
+class InspectTab:
+    """The Inspect tab's controls and figures, which generation also updates."""
+
+    step: gr.Slider
+    layer: gr.Slider
+    head: gr.Dropdown
+    note: gr.Markdown
+    step_fig: gr.Plot
+    grid_fig: gr.Plot
+    triangle: gr.Plot
+
+
+def _sparse_methods() -> list[str]:
+    return [name for name in policy_names() if name != "dense"]
+
+
+def _budget_controls() -> tuple[gr.Radio, gr.Slider, gr.Number]:
+    """Ratio slider or token count, whichever the radio picks (the other is hidden)."""
+    kind = gr.Radio([("ratio of the past", "ratio"), ("token count", "tokens")], value="ratio", label="Budget as",
+                    elem_id="budget-kind")
+    ratio = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Budget ratio (share of past tokens read per KV head)",
+                      elem_id="budget-ratio")
+    tokens = gr.Number(value=64, precision=0, label="Budget tokens per KV head", visible=False,
+                       elem_id="budget-tokens")
+    kind.change(lambda k: (gr.update(visible=k == "ratio"), gr.update(visible=k == "tokens")), kind,
+                [ratio, tokens], queue=False, api_visibility="private")
+    return kind, ratio, tokens
+
+
+def build_generate_tab() -> GenerateTab:
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=8, max_lines=20, elem_id="prompt",
+                                placeholder="Type a prompt, or pick an example below.")
+            button = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+        with gr.Column(scale=2):
+            method = gr.Dropdown([*_sparse_methods(), "dense"], value=default_method(), label="Method",
+                                 info="What each does: About tab.", elem_id="method")
+            kind, ratio, tokens = _budget_controls()
+            max_new = gr.Slider(1, MAX_NEW_TOKENS, value=48, step=1, label="Max new tokens", elem_id="max-new")
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id="temperature")
+    gr.Examples([[e.prompt, e.method, e.ratio, e.max_new_tokens] for e in examples.EXAMPLES],
+                [prompt, method, ratio, max_new], example_labels=[e.title for e in examples.EXAMPLES],
+                label="Examples: a fact stated early, asked for late")
+    with gr.Row():
+        method_text = gr.Textbox(label="Method output (streams first)", lines=6, elem_id="method-out")
+        dense_text = gr.Textbox(label="Dense output, same prompt and seed", lines=6, elem_id="dense-out")
+    stats = gr.Markdown(label="Run statistics", elem_id="run-stats")
+    gr.Markdown("#### Prompt tokens, shaded by how often the method kept them")
+    prompt_view = gr.HTML("<p class='tb-note'>Run a generation to colour the prompt.</p>", label="Prompt keep shading",
+                          elem_id="prompt-view")
+    return GenerateTab(prompt=prompt, inputs=[prompt, method, kind, ratio, tokens, max_new, temperature],
+                       button=button, outputs=[method_text, dense_text, stats, prompt_view])
+
+
+def build_inspect_tab(lm: LoadedModel) -> InspectTab:
+    spec = lm.spec
+    gr.Markdown(
+        "For one decode step and one layer: what the method scored, the true attention of that step's query, "
+        "and where they agree (green), where the method wasted a read (blue) and what it missed (red). "
+        "Rows are kept per KV head and shared by its group of query heads, so even the oracle misses some of one "
+        "head's own top-k. Columns are max-pooled bins of past tokens once the context exceeds 256; "
+        "hover for the tokens."
+    )
+    with gr.Row():
+        step = gr.Slider(1, MAX_NEW_TOKENS, value=1, step=1, label="Decode step", interactive=False, elem_id="step")
+        layer = gr.Slider(0, spec.num_layers - 1, value=spec.num_layers // 2, step=1, label="Layer", elem_id="layer")
+    note = gr.Markdown(handlers.NO_RUN, label="Step note", elem_id="step-note")
+    step_fig = gr.Plot(figures.message_figure(handlers.NO_RUN), label="Heads × past tokens", elem_id="step-fig")
+    grid_fig = gr.Plot(figures.message_figure(handlers.NO_RUN), label="Layer × head quality at this step",
+                       elem_id="grid-fig")
+    gr.Markdown("#### One head across all steps")
+    heads = [(f"head {h} (KV head {h // spec.group_size})", h) for h in range(spec.num_heads)]
+    head = gr.Dropdown(heads, value=0, label="Head", elem_id="head")
+    triangle = gr.Plot(figures.message_figure("Pick a head after a run."), label="Steps × past tokens",
+                       elem_id="triangle-fig")
+    return InspectTab(step, layer, head, note, step_fig, grid_fig, triangle)
+
+
+def build_budgets_tab(prompt: gr.Textbox) -> None:
+    gr.Markdown("Quality against budget **for the prompt on the Generate tab**: the prompt is prefilled densely, "
+                "then its last token's query reads each budget, as the first decode step would. Every method sees "
+                "the same pass; means over layers ≥ 1 and heads.")
+    with gr.Row():
+        methods = gr.CheckboxGroup(_sparse_methods(), value=ready_methods(), label="Methods", elem_id="curve-methods")
+        budget_text = gr.Textbox("5%, 10%, 25%, 50%, 75%", label="Budgets (ratios or token counts, comma-separated)",
+                                 elem_id="curve-budgets")
+    button = gr.Button("Compute curves", variant="primary", elem_id="budgets-btn")
+    curves = gr.Plot(figures.message_figure("Press “Compute curves”."), label="Live curves", elem_id="curves-fig")
+    with gr.Accordion("Numbers", open=False):
+        table = gr.Markdown(label="Curve numbers")
+    button.click(handlers.budgets, [prompt, methods, budget_text], [curves, table], api_name="budgets",
+                 concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    gr.Markdown("### Shipped evaluation results")
+    shipped = results.load_shipped()
+    for fig in shipped.figures:
+        gr.Plot(fig)
+    gr.Markdown(shipped.markdown)
+
+
+def build_shadow_tab_or_note() -> None:
+    try:
+        from app.shadow_tab import build_shadow_tab
+    except ImportError as err:
+        gr.Markdown(f"_The ShadowLLM tab is not available in this build ({err})._")
+        return
+    build_shadow_tab(shared_model)
+
+
+def wire_inspect(tab: InspectTab, record: gr.State, run: gr.events.Dependency) -> None:
+    """Inspect redraws from the visitor's own record; no model work, so it runs beside generation.
+
+    When a run ends, the picked head's triangle is drawn too (the same handler, no extra endpoint).
+    """
+    shared = {"concurrency_limit": VIEW_CONCURRENCY, "trigger_mode": "always_last"}
+    gr.on([tab.step.release, tab.layer.release], handlers.inspect, [tab.step, tab.layer, record],
+          [tab.note, tab.step_fig, tab.grid_fig], api_name="inspect", **shared)
+    gr.on([tab.head.change, tab.layer.release], handlers.head_triangle, [tab.layer, tab.head, record], tab.triangle,
+          api_name="head_triangle", **shared)
+    run.success(handlers.head_triangle, [tab.layer, tab.head, record], tab.triangle, api_visibility="private")
+
+
+def build_demo() -> gr.Blocks:
+    """The whole page; loads the shared model first so the About tab can describe it."""
+    lm = shared_model()
+    with gr.Blocks(title="TokenButler Studio") as demo:
+        record = gr.State(None, time_to_live=STATE_TTL_S)
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                gen = build_generate_tab()
+            with gr.Tab("Inspect", id="inspect"):
+                insp = build_inspect_tab(lm)
+            with gr.Tab("Budgets", id="budgets"):
+                build_budgets_tab(gen.prompt)
+            with gr.Tab("ShadowLLM", id="shadow"):
+                build_shadow_tab_or_note()
+            with gr.Tab("About", id="about"):
+                gr.Markdown(about_markdown(lm))
+        outputs = [*gen.outputs, record, insp.step, insp.note, insp.step_fig, insp.grid_fig]
+        run = gen.button.click(handlers.generate, [*gen.inputs, insp.layer], outputs, api_name="generate",
+                               concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+        wire_inspect(insp, record, run)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX)
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS (gradio 6 takes them at launch)."""
+    return {"theme": gr.themes.Soft(), "css": CSS}
