@@ -45,14 +45,16 @@ class Budget:
         raw = str(text).strip()
         try:
             if raw.endswith("%"):
-                return cls(ratio=float(raw[:-1]) / 100.0)
-            if "." in raw or "e" in raw.lower():
-                return cls(ratio=float(raw))
-            return cls(tokens=int(raw))
+                ratio, tokens = float(raw[:-1]) / 100.0, None
+            elif "." in raw or "e" in raw.lower():
+                ratio, tokens = float(raw), None
+            else:
+                ratio, tokens = None, int(raw)
         except ValueError as err:
             raise BudgetError(
                 f"Cannot read budget {text!r}: use a ratio like 0.5 or 50%, or a token count like 256."
             ) from err
+        return cls(ratio=ratio) if tokens is None else cls(tokens=tokens)  # the constructor checks the range
 
     @classmethod
     def dense(cls) -> Budget:

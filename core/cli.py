@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     for module, adder in (("core.evaluate", "add_evaluate_command"), ("core.shadow.cli", "add_shadow_commands")):
         try:
             getattr(importlib.import_module(module), adder)(sub)
-        except ModuleNotFoundError:
-            continue
+        except ModuleNotFoundError as err:  # an optional capability not in this build; a broken import still fails
+            if err.name != module:
+                raise
     return parser
 
 
