@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 
-from app.ui import build_demo, launch_kwargs
+from app.space_setup import ensure_embedded_model
+
+ensure_embedded_model()
+
+from app.ui import build_demo, launch_kwargs  # noqa: E402  (after the Space has the model's package)
 
 demo = build_demo()
 

@@ -113,7 +113,7 @@ def test_generate_rejects_bad_input_with_a_message(url: str, overrides: dict, me
 
 @pytest.mark.parametrize(("args", "message"), [
     ((CHAT_PROMPT, [], "50%"), "at least one method"),
-    ((CHAT_PROMPT, ["oracle"], "10%, 0%"), "Cannot read budget '0%'"),
+    ((CHAT_PROMPT, ["oracle"], "10%, 0%"), "ratio must be in"),
     ((CHAT_PROMPT, ["oracle"], " , "), "at least one budget"),
     (("", ["oracle"], "50%"), "empty"),
 ])
