@@ -4,7 +4,9 @@ Trains one predictor per variant for `--steps` steps on the same training chunks
 held-out hit accuracy (last query row and sampled rows) and the held-out KL. Writes
 assets/results/predictor_ablation.json.
 
-    python benchmarks/compare_predictor_losses.py --steps 60 --variants kl mse kl-dim8 kl-g2
+    python benchmarks/compare_predictor_losses.py --steps 150 --variants kl mse
+
+The shipped predictor (assets/predictor), when present, is scored on the same held-out chunks.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from statistics import fmean
 
 import torch
 
 from core.data import token_chunks
-from core.metrics import hit_accuracy
+from core.metrics import hit_accuracy, top_mask
 from core.models import DEFAULT_MODEL, load
+from core.predictor import DEFAULT_DIR, Predictor
 from core.train import TrainConfig, capture_pass, row_logits, row_loss, sample_rows, train
 
 OUT = Path(__file__).resolve().parent.parent / "assets" / "results" / "predictor_ablation.json"
@@ -32,9 +36,22 @@ VARIANTS = {
 }
 
 
+RECALL_BUDGETS = (0.1, 0.25, 0.5)
+
+
+def recall_at(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor, frac: float) -> float:
+    """Mean true attention mass on each query head's predicted top-`frac` of its causal past."""
+    keep = torch.ceil(frac * causal.sum(-1).double() - 1e-9).clamp(min=1).long()
+    probs = torch.softmax(true.masked_fill(~causal, float("-inf")), dim=-1)
+    kept = top_mask(pred.masked_fill(~causal, float("-inf")), keep)
+    return float((probs * kept).sum(-1).mean())
+
+
 def heldout_scores(lm, predictor, chunks) -> dict[str, float]:
-    """Hit accuracy on the last row and on 64 sampled rows, and the mean KL, over held-out chunks."""
+    """Over held-out chunks: hit accuracy on the last row and on 64 sampled rows, the mean KL, and the
+    attention recall of each head's predicted top 10/25/50% on the sampled rows."""
     last, sampled, kl = [], [], []
+    recall: dict[float, list[float]] = {frac: [] for frac in RECALL_BUDGETS}
     rng = random.Random(0)
     with torch.no_grad():
         for ids in chunks:
@@ -45,7 +62,10 @@ def heldout_scores(lm, predictor, chunks) -> dict[str, float]:
                 last.append(float(hit_accuracy(pred[..., -1, :], true[..., -1, :], past[-1]).mean()))
                 sampled.append(float(hit_accuracy(pred, true, past).mean()))
                 kl.append(float(row_loss(pred, true, causal, "kl")))
-    return {"hit_last_row": sum(last) / len(last), "hit_rows": sum(sampled) / len(sampled), "kl": sum(kl) / len(kl)}
+                for frac in RECALL_BUDGETS:
+                    recall[frac].append(recall_at(pred, true, causal, frac))
+    return {"hit_last_row": fmean(last), "hit_rows": fmean(sampled), "kl": fmean(kl),
+            **{f"recall_{frac:.0%}": fmean(values) for frac, values in recall.items()}}
 
 
 def main() -> None:
@@ -53,17 +73,22 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--heldout", type=int, default=6)
+    parser.add_argument("--heldout", type=int, default=16)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--score-only", action="store_true", help="score runs/ablation-<variant> without training")
     args = parser.parse_args()
     lm = load(args.model)
     train_chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=0)
     held = token_chunks(lm.tokenizer, "heldout", args.seq_len, max_chunks=args.heldout, seed=0)
     results = {}
     for name in args.variants:
+        folder = Path(f"runs/ablation-{name}")
         config = replace(TrainConfig(steps=args.steps, seq_len=args.seq_len, save_every=10**9), **VARIANTS[name])
-        predictor, history = train(lm, train_chunks, f"runs/ablation-{name}", config, resume=False)
+        if args.score_only:  # re-score predictors trained by an earlier run
+            predictor, history = Predictor.load(folder, lm.spec), json.loads((folder / "history.json").read_text())
+        else:
+            predictor, history = train(lm, train_chunks, folder, config, resume=False)
         base = sum(p.numel() for p in lm.model.parameters())
         results[name] = {
             **heldout_scores(lm, predictor, held),
@@ -72,12 +97,18 @@ def main() -> None:
             "config": VARIANTS[name],
         }
         print(name, results[name])
+    if (DEFAULT_DIR / "config.json").is_file():  # the shipped predictor, scored on the same held-out chunks
+        shipped = Predictor.load(DEFAULT_DIR, lm.spec)
+        results["shipped"] = {**heldout_scores(lm, shipped, held),
+                              **shipped.overheads(lm.spec, sum(p.numel() for p in lm.model.parameters()))}
     print(f"\n{args.steps} steps of {args.seq_len} tokens each; held-out: {args.heldout} chunks\n")
-    print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | params | extra cache |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | recall@10% | recall@25% | recall@50% "
+          "| params | extra cache |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
-            f"| {name} | {r['hit_last_row']:.3f} | {r['hit_rows']:.3f} | {r['kl']:.3f} | "
+            f"| {name} | {r['hit_last_row']:.3f} | {r['hit_rows']:.3f} | {r['kl']:.3f} | {r['recall_10%']:.3f} | "
+            f"{r['recall_25%']:.3f} | {r['recall_50%']:.3f} | "
             f"{r['parameter_share']:.2%} | {r['cache_share']:.1%} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
