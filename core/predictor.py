@@ -132,29 +132,31 @@ class Predictor(nn.Module):
         out = out.view(b, t, len(layers), cfg.num_heads, cfg.dim).permute(2, 0, 3, 1, 4)  # [G, B, Hq, T, dim]
         half = cfg.dim // 2
         group = cfg.num_heads // cfg.num_kv_heads
-        result = {}
-        for i, layer in enumerate(layers):
-            pairs = self.pairs[layer].repeat_interleave(group, dim=0).to(cos.device)  # [Hq, half]
-            c = (
-                cos[:, None, :, :]
-                .expand(-1, cfg.num_heads, -1, -1)
-                .gather(-1, pairs[None, :, None, :].expand(b, -1, t, -1))
-            )
-            s = (
-                sin[:, None, :, :]
-                .expand(-1, cfg.num_heads, -1, -1)
-                .gather(-1, pairs[None, :, None, :].expand(b, -1, t, -1))
-            )
-            x, y = out[i][..., :half], out[i][..., half:]
-            result[layer] = torch.cat([x * c - y * s, y * c + x * s], dim=-1)
-        return result
+        pairs = self.pairs[layers].repeat_interleave(group, dim=1).to(cos.device)  # [G, Hq, half]
+        index = pairs[:, None, :, None, :].expand(-1, b, -1, t, -1)  # [G, B, Hq, T, half]
+
+        def at_pairs(table: torch.Tensor) -> torch.Tensor:  # [B, T, head_dim] -> [G, B, Hq, T, half]
+            return table[None, :, None].expand(len(layers), -1, cfg.num_heads, -1, -1).gather(-1, index)
+
+        c, s = at_pairs(cos).to(out.dtype), at_pairs(sin).to(out.dtype)
+        x, y = out[..., :half], out[..., half:]
+        rotated = torch.cat([x * c - y * s, y * c + x * s], dim=-1)
+        return {layer: rotated[i] for i, layer in enumerate(layers)}
 
     def scores(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """[B, Hq, Q, dim] predicted queries x [B, Hkv, T, head_dim] real keys -> [B, Hq, Q, T] logits."""
-        keys = self.project_keys(layer, key).to(query.dtype)
-        group = query.shape[1] // keys.shape[1]
-        keys = keys.repeat_interleave(group, dim=1)
-        return torch.matmul(query, keys.transpose(-1, -2)) / math.sqrt(self.config.dim)
+        return self.score_projected(query, self.project_keys(layer, key))
+
+    def score_projected(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """[B, Hq, Q, dim] x [B, Hkv, T, dim] projected keys -> [B, Hq, Q, T] logits.
+
+        The query heads of a GQA group are stacked into one matmul against their shared keys, so the
+        keys are never copied per head."""
+        b, hq, q, dim = query.shape
+        hkv = keys.shape[1]
+        stacked = query.reshape(b, hkv, (hq // hkv) * q, dim)
+        logits = torch.matmul(stacked, keys.to(query.dtype).transpose(-1, -2)) / math.sqrt(self.config.dim)
+        return logits.view(b, hq, q, -1)
 
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         """Weights as safetensors + a JSON config carrying the base model's fingerprint."""

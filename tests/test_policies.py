@@ -139,3 +139,12 @@ def test_teacher_row_equals_decode_step(tiny_lm, name):
     logits, _ = forward_teacher(tiny_lm, ids, build(name, tiny_lm), budget, prompt_len=n)
     for i, event in enumerate(events):
         assert torch.allclose(logits[0, n - 1 + i], event.logits, atol=1e-4), f"step {i}"
+
+
+def test_topk_ties_go_to_the_earlier_token_like_the_teacher_mask() -> None:
+    from core.policies.base import rank_mask, topk_sorted
+
+    scores = torch.tensor([[[1.0, 3.0, 2.0, 3.0, 3.0, 0.5]]])  # three-way tie across the cut at keep=2
+    assert topk_sorted(scores, 2).tolist() == [[[1, 3]]]
+    assert rank_mask(scores[..., None, :], torch.tensor([2]))[0, 0, 0].nonzero().flatten().tolist() == [1, 3]
+    assert topk_sorted(scores, 4).tolist() == [[[1, 2, 3, 4]]]  # no tie at the cut: the fast path

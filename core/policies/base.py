@@ -76,7 +76,11 @@ def topk_sorted(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` best scores along the last dim, ascending (cache order).
 
     Ties go to the earlier token, exactly as in `rank_mask`, so decoding and teacher forcing agree
-    even for page-constant scores (Quest)."""
+    even for page-constant scores (Quest). The fast top-k is used unless a tie straddles the cut."""
+    top = scores.topk(keep, dim=-1)
+    cut = top.values[..., -1:]
+    if bool(((scores == cut).sum(-1) == (top.values == cut).sum(-1)).all()):
+        return top.indices.sort(dim=-1).values
     return scores.argsort(dim=-1, descending=True, stable=True)[..., :keep].sort(dim=-1).values
 
 
@@ -134,6 +138,8 @@ class Policy(ABC):
 
     def protect(self, scores: torch.Tensor, view: LayerView) -> torch.Tensor:
         """Lift the current token, then sinks, then recent tokens above any score; mask the future."""
+        if scores.shape[-2] == 1 and int(view.positions[-1]) == view.context - 1:
+            return self._protect_last_row(scores)
         cols = torch.arange(view.context, device=scores.device)[None, :]
         pos = view.positions[:, None]
         lifted = scores.clone()
@@ -144,6 +150,18 @@ class Policy(ABC):
             lifted = torch.where(cols < self.sinks, torch.full_like(lifted, SINK_TIER), lifted)
         lifted = torch.where(cols == pos, torch.full_like(lifted, CURRENT_TIER), lifted)
         return lifted.masked_fill(~view.causal(), float("-inf"))
+
+    def _protect_last_row(self, scores: torch.Tensor) -> torch.Tensor:
+        """`protect` for a decode step (one query, the newest token, no future): slices instead of masks."""
+        lifted = scores.clone()
+        t = scores.shape[-1]
+        if self.recent:
+            first = max(0, t - self.recent)
+            lifted[..., first:] = RECENT_TIER + torch.arange(first, t, device=scores.device, dtype=scores.dtype)
+        if self.sinks:
+            lifted[..., : self.sinks] = SINK_TIER
+        lifted[..., -1] = CURRENT_TIER
+        return lifted
 
     def observe_prefill(self, view: LayerView) -> None:
         """See the dense prefill of a layer (stateful policies build their state here)."""

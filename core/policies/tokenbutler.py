@@ -31,11 +31,13 @@ class TokenButlerPolicy(Policy):
         super().__init__(sinks=sinks, recent=recent, seed=seed)
         self.predictor = predictor if isinstance(predictor, Predictor) else Predictor.load(predictor or DEFAULT_DIR)
         self.pred_queries: dict[int, tuple[int, torch.Tensor]] = {}
+        self.key_cache: dict[int, ProjectedKeys] = {}
         self._checked: set[int] = set()
 
     def begin(self, num_layers, budget, prompt_len) -> None:
         super().begin(num_layers, budget, prompt_len)
         self.pred_queries = {}
+        self.key_cache = {}
 
     def _check_model(self, model: torch.nn.Module) -> None:
         """Refuse a predictor trained for another base model (once per model object)."""
@@ -75,4 +77,30 @@ class TokenButlerPolicy(Policy):
     def head_scores(self, view: LayerView) -> torch.Tensor:
         start, queries = self.pred_queries[view.layer]
         rows = (view.positions - start).to(queries.device)
-        return self.predictor.scores(view.layer, queries[:, :, rows, :], view.key)
+        keys = self.key_cache.setdefault(view.layer, ProjectedKeys()).update(self.predictor, view.layer, view.key)
+        return self.predictor.score_projected(queries[:, :, rows, :], keys)
+
+
+class ProjectedKeys:
+    """The predictor's own key cache for one layer: the calibrated channels of every cached key,
+    appended as the KV cache grows (amortised doubling), so a decode step projects one new key
+    instead of re-reading the whole K cache."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+        self.length = 0
+
+    def update(self, predictor: Predictor, layer: int, key: torch.Tensor) -> torch.Tensor:
+        """[B, Hkv, T, dim] projected keys of `key` ([B, Hkv, T, head_dim]), reusing the rows seen before."""
+        total = key.shape[2]
+        fresh = self.buffer is None or total < self.length or self.buffer.shape[:2] != key.shape[:2]
+        start = 0 if fresh else self.length
+        new = predictor.project_keys(layer, key[:, :, start:])
+        if fresh or total > self.buffer.shape[2]:
+            grown = new.new_empty(*new.shape[:2], max(2 * total, 64), new.shape[-1])
+            if not fresh:
+                grown[:, :, :start] = self.buffer[:, :, :start]
+            self.buffer = grown
+        self.buffer[:, :, start:total] = new
+        self.length = total
+        return self.buffer[:, :, :total]
