@@ -65,6 +65,23 @@ def _dense(module, query, key, value, attention_mask, scaling, dropout, **kwargs
     )[0]
 
 
+def decode_kernel_applies(query: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
+    """One CUDA query row with nothing masked: the dense decode kernel (flash-attn, else SDPA flash) runs."""
+    if not query.is_cuda or query.shape[2] != 1:
+        return False
+    return attention_mask is None or (attention_mask.dtype == torch.bool and bool(attention_mask.all()))
+
+
+def _dense_step(module, query, key, value, attention_mask, scaling, dropout, **kwargs) -> torch.Tensor:
+    """A dense decode step: the dense decode kernel on CUDA, transformers' SDPA elsewhere (bit-exact on CPU)."""
+    if not decode_kernel_applies(query, attention_mask):
+        return _dense(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    from core.kernels import dense_decode_attention
+
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    return dense_decode_attention(query[:, :, 0, :], key, value, scale)[:, None, :, :]
+
+
 def _masked(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -101,7 +118,7 @@ def policy_attention(
     session = _ACTIVE.get()
     dense_args = (module, query, key, value, attention_mask, scaling, dropout)
     if session is None:
-        return _dense(*dense_args, **kwargs), None
+        return _dense_step(*dense_args, **kwargs), None
     layer = module.layer_idx
     q_len, t = query.shape[2], key.shape[2]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -140,7 +157,7 @@ def policy_attention(
             kept=None if indices is None else indices[0].int().cpu(),
         )
     if reads_all:
-        return _dense(*dense_args, **kwargs), None
+        return _dense_step(*dense_args, **kwargs), None
     return _gathered(query, key, value, indices, scale), None
 
 
