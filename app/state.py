@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core import models
+from core.checkpoint import CONFIG_FILE
 from core.policies import policy_names
-from core.predictor import CONFIG_FILE, DEFAULT_DIR
+from core.predictor import DEFAULT_DIR
 from core.trace import StepTrace
 from core.traceviews import trace_nbytes
 

@@ -10,7 +10,7 @@ import time
 from core.budget import Budget, BudgetError
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     from core.models import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded default, a hub id, a local folder or .gguf")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="decode a prompt with a selection policy and budget")
-    _add_model_args(gen)
+    add_model_args(gen)
     gen.add_argument("prompt")
     gen.add_argument(
         "--policy", default="tokenbutler", help="dense, oracle, tokenbutler, h2o, snapkv, quest, streaming, random"
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     tr = sub.add_parser("train", help="train the TokenButler predictor for a model")
-    _add_model_args(tr)
+    add_model_args(tr)
     tr.add_argument("--out", default="assets/predictor")
     tr.add_argument("--steps", type=int, default=1500)
     tr.add_argument("--seq-len", type=int, default=512)

@@ -15,24 +15,18 @@ Design (generation "2.5", see docs/predictor.md):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.checkpoint import load_weights, read_config, save_network
 from core.models import ModelSpec
 
 WEIGHTS_FILE = "predictor.safetensors"
-CONFIG_FILE = "config.json"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "predictor"
-
-
-class PredictorMismatchError(ValueError):
-    """A predictor trained for another base model (architecture or weights differ)."""
 
 
 @dataclass(frozen=True)
@@ -160,31 +154,13 @@ class Predictor(nn.Module):
 
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         """Weights as safetensors + a JSON config carrying the base model's fingerprint."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps({"config": asdict(self.config), **(extra or {})}, indent=2))
-        return folder
+        return save_network(self, folder, WEIGHTS_FILE, asdict(self.config), extra)
 
     @classmethod
     def load(cls, folder: str | Path, spec: ModelSpec | None = None, device: str | torch.device = "cpu") -> Predictor:
         """Load a saved predictor; with `spec`, refuse one trained for another base model."""
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file():
-            raise FileNotFoundError(
-                f"No trained predictor in {folder}: train one with `python -m core train --out {folder}`."
-            )
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-        config = PredictorConfig(**meta["config"])
-        if spec is not None and config.fingerprint != spec.fingerprint:
-            raise PredictorMismatchError(
-                f"The predictor in {folder} was trained for {config.base_model!r} (fingerprint {config.fingerprint}), "
-                f"not for {spec.name!r} (fingerprint {spec.fingerprint}). Train one for this model with "
-                f"`python -m core train --model {spec.name} --out <folder>`."
-            )
-        predictor = cls(config)
-        predictor.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+        predictor = cls(PredictorConfig(**read_config(folder, "predictor", "python -m core train", spec)))
+        load_weights(predictor, folder, WEIGHTS_FILE)
         return predictor.to(device).eval()
 
     def parameter_count(self) -> int:

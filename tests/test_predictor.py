@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from core.budget import Budget
+from core.checkpoint import PredictorMismatchError
 from core.decode import forward_teacher
 from core.policies import make_policy
-from core.predictor import Predictor, PredictorConfig, PredictorMismatchError
+from core.predictor import Predictor, PredictorConfig
 from core.train import TrainConfig, capture_pass, row_logits, train
 from tests.conftest import tiny_llama
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoint import PredictorMismatchError
 from core.models import weights_fingerprint
 from core.policies.base import LayerView, Policy
-from core.predictor import DEFAULT_DIR, Predictor, PredictorMismatchError
+from core.predictor import DEFAULT_DIR, Predictor
 
 
 class TokenButlerPolicy(Policy):
