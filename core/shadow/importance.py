@@ -1,0 +1,145 @@
+"""True importance of every head and MLP neuron for a prompt, from one forward (+ backward) pass.
+
+Units: a head is its slice of the o_proj input (attention output before mixing), a neuron one channel of
+the down_proj input (silu(gate) * up). With a = the unit's activation and g = dL/da for the prompt's
+language-model loss, per unit and summed over the prompt's tokens:
+- plainact: |sum over the unit's dims of a * g|     (ShadowLLM's pick: good to prune by, easy to predict)
+- fisher:   (sum over the unit's dims of a * g)^2 / 2
+- magnitude: mean over tokens of ||a||_2              (DejaVu-like; needs no backward)
+A neuron is a unit of width 1, so heads and neurons share one formula.
+
+Scores are compared after per-layer normalization: log(score / layer mean + NORMALIZE_EPS). Dividing by the
+layer's mean lets one global ranking span layers; the log keeps a few dominant units from swamping the
+predictor's squared-error loss, and leaves every ranking unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.decode import PromptError
+from core.models import LoadedModel
+
+CRITERIA = ("plainact", "fisher", "magnitude")
+GRADIENT_CRITERIA = ("plainact", "fisher")
+POOLS = ("mean", "last")
+NORMALIZE_EPS = 0.01
+
+
+@dataclass
+class UnitScores:
+    """One value per head [..., L, H] and per neuron [..., L, F]; a leading batch dimension is optional."""
+
+    heads: torch.Tensor
+    neurons: torch.Tensor
+
+    def normalized(self) -> UnitScores:
+        """log(score / layer mean + eps): comparable across layers (the predictor's targets, the ranking's scores)."""
+        return UnitScores(_layer_normalized(self.heads), _layer_normalized(self.neurons))
+
+    def __getitem__(self, index: int | slice) -> UnitScores:
+        return UnitScores(self.heads[index], self.neurons[index])
+
+
+def _layer_normalized(values: torch.Tensor) -> torch.Tensor:
+    ratio = values / values.mean(dim=-1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny)
+    return (ratio + NORMALIZE_EPS).log()
+
+
+@dataclass
+class Capture:
+    """What one pass over a batch of prompts yields: the predictor's inputs and each criterion's scores."""
+
+    features: dict[str, torch.Tensor]  # pool -> [B, hidden]: layer 0's output pooled over the prompt (CPU, fp32)
+    scores: dict[str, UnitScores]  # criterion -> raw (unnormalized) scores [B, L, ...] (CPU, fp32)
+
+
+def decoder_layers(lm: LoadedModel) -> nn.ModuleList:
+    return lm.model.model.layers
+
+
+def check_ids(ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] token ids with T >= 2 (a loss needs a next token); a 1-D prompt becomes a batch of one."""
+    ids = ids[None] if ids.dim() == 1 else ids
+    if ids.dim() != 2 or ids.shape[1] < 2:
+        raise PromptError(f"A prompt needs at least 2 tokens to score heads and neurons, got shape {tuple(ids.shape)}.")
+    return ids
+
+
+@contextlib.contextmanager
+def _recording(lm: LoadedModel) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Keep every layer's o_proj and down_proj inputs and layer 0's output while the block runs."""
+    seen: dict[str, list[torch.Tensor]] = {"heads": [], "neurons": [], "layer0": []}
+    layers = decoder_layers(lm)
+    handles = [layer.self_attn.o_proj.register_forward_pre_hook(lambda _, args: seen["heads"].append(args[0]))
+               for layer in layers]
+    handles += [layer.mlp.down_proj.register_forward_pre_hook(lambda _, args: seen["neurons"].append(args[0]))
+                for layer in layers]
+    handles.append(layers[0].register_forward_hook(
+        lambda _, __, out: seen["layer0"].append(out[0] if isinstance(out, tuple) else out)))
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _unit_scores(acts: torch.Tensor, grads: torch.Tensor | None, width: int, criterion: str) -> torch.Tensor:
+    """[B, T, U*width] activations (and gradients) -> [B, U] scores of U units of `width` dims."""
+    a = acts.detach().float().unflatten(-1, (-1, width))
+    if criterion == "magnitude":
+        return a.norm(dim=-1).mean(dim=1)
+    contribution = (a * grads.float().unflatten(-1, (-1, width))).sum(dim=-1)
+    if criterion == "plainact":
+        return contribution.abs().sum(dim=1)
+    return contribution.pow(2).sum(dim=1) / 2
+
+
+def _layer_scores(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], width: int,
+                  criterion: str) -> torch.Tensor:
+    """Per-layer unit scores stacked to [B, L, U]."""
+    return torch.stack([_unit_scores(a, g, width, criterion) for a, g in zip(acts, grads, strict=True)], dim=1).cpu()
+
+
+def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of each prompt's mean next-token loss: every prompt gets its own gradient."""
+    nll = nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    return nll.mean(dim=1).sum()
+
+
+def capture(lm: LoadedModel, ids: torch.Tensor, criteria: Sequence[str] = CRITERIA) -> Capture:
+    """Scores of every head and neuron for each prompt of `ids` [B, T] (equal lengths), plus the predictor input.
+
+    The backward pass runs only when a gradient criterion is asked for and reaches only the recorded inputs.
+    """
+    unknown = [c for c in criteria if c not in CRITERIA]
+    if unknown:
+        raise ValueError(f"Unknown importance criteria {unknown}; choose from {', '.join(CRITERIA)}.")
+    ids = check_ids(ids).to(lm.device)
+    needs_grad = any(c in GRADIENT_CRITERIA for c in criteria)
+    embeds = lm.model.get_input_embeddings()(ids).detach().requires_grad_(needs_grad)
+    with torch.set_grad_enabled(needs_grad), _recording(lm) as seen:
+        logits = lm.model(inputs_embeds=embeds).logits
+        acts = seen["heads"] + seen["neurons"]
+        grads = torch.autograd.grad(_lm_loss(logits, ids), acts) if needs_grad else [None] * len(acts)
+    n = len(seen["heads"])
+    scores = {
+        c: UnitScores(_layer_scores(acts[:n], grads[:n], lm.spec.head_dim, c), _layer_scores(acts[n:], grads[n:], 1, c))
+        for c in criteria
+    }
+    return Capture(features=pooled(seen["layer0"][0].detach().float().cpu()), scores=scores)
+
+
+def pooled(layer0: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[B, T, hidden] layer-0 outputs -> the predictor's candidate inputs [B, hidden].
+
+    'last' is ShadowLLM's (the last prompt token); 'mean' averages every token after the first (the first is
+    BOS, an attention sink with an outsized state). The mean says far more about a whole prompt's importance:
+    see docs/shadowllm.md.
+    """
+    return {"mean": layer0[:, 1:].mean(dim=1), "last": layer0[:, -1]}

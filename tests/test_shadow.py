@@ -1,0 +1,237 @@
+"""ShadowLLM: masks really change the forward pass, importance is the true gradient, the predictor trains,
+round-trips and refuses other models, bad inputs fail clearly, and the evaluation and page run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from core.checkpoint import PredictorMismatchError
+from core.cli import main
+from core.decode import PromptError
+from core.shadow import (
+    DEFAULT_DIR,
+    ShadowConfig,
+    ShadowMask,
+    ShadowPredictor,
+    SparsityError,
+    UnitScores,
+    capture,
+    choose_mask,
+    masked,
+)
+from core.shadow.analysis import analyze_prompt, neuron_blocks
+from core.shadow.dataset import collect_targets
+from core.shadow.evaluate import ShadowEvalConfig, run_shadow_evaluation
+from core.shadow.report import write_results
+from core.shadow.sweep import masked_nll
+from core.shadow.train import ShadowTrainConfig, train_predictor
+from tests.conftest import tiny_llama
+
+TRAIN = ShadowTrainConfig(epochs=30, lr=3e-3, batch_size=8, val_share=0.25)
+
+
+def token_ids(n: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 128, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def logits(lm, ids: torch.Tensor, mask: ShadowMask | None = None) -> torch.Tensor:
+    if mask is None:
+        return lm.model(ids).logits
+    with masked(lm, mask):
+        return lm.model(ids).logits
+
+
+def small_predictor(lm) -> ShadowPredictor:
+    torch.manual_seed(0)
+    return ShadowPredictor(ShadowConfig.for_spec(lm.spec, width=32, neuron_rank=4))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_lm, tmp_path_factory):
+    data = collect_targets(tiny_lm, list(token_ids(24, 24)), progress=False)
+    predictor = small_predictor(tiny_lm)
+    history = train_predictor(predictor, data, TRAIN, progress=False)
+    out = predictor.save(tmp_path_factory.mktemp("shadow"), {"history": history})
+    return out, predictor, history, data
+
+
+def test_zero_sparsity_equals_dense_exactly(tiny_lm):
+    ids = token_ids(2, 20)
+    scores = capture(tiny_lm, ids).scores["plainact"].normalized()
+    mask = choose_mask(scores, 0.0, 0.0)
+    assert mask.heads.eq(1).all() and mask.neurons.eq(1).all()
+    assert torch.equal(logits(tiny_lm, ids, mask), logits(tiny_lm, ids))
+
+
+@pytest.mark.parametrize("unit", ["heads", "neurons"])
+def test_removing_a_unit_changes_the_output_and_removing_nothing_does_not(tiny_lm, unit):
+    ids = token_ids(1, 16)
+    dense = logits(tiny_lm, ids)
+    keep_all = ShadowMask.dense(tiny_lm.spec)
+    assert torch.equal(logits(tiny_lm, ids, keep_all), dense)
+    drop_one = ShadowMask.dense(tiny_lm.spec)
+    getattr(drop_one, unit)[2, 1] = 0.0
+    assert (logits(tiny_lm, ids, drop_one) - dense).abs().max() > 1e-4
+    assert torch.equal(logits(tiny_lm, ids), dense), "hooks must be removed when the block ends"
+
+
+def test_plainact_is_the_true_gradient_of_a_unit_gate(tiny_lm):
+    """With 2 tokens only the first is scored, so plainact = |dL/d(gate)| of a per-unit scale on the mask."""
+    ids = token_ids(1, 2, seed=3)
+    gates = ShadowMask(torch.ones(4, 4, requires_grad=True), torch.ones(4, 128, requires_grad=True))
+    with masked(tiny_lm, gates):
+        out = tiny_lm.model(ids).logits
+    torch.nn.functional.cross_entropy(out[0, :-1], ids[0, 1:]).backward()
+    true = capture(tiny_lm, ids, ["plainact"]).scores["plainact"]
+    torch.testing.assert_close(true.heads[0], gates.heads.grad.abs(), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(true.neurons[0], gates.neurons.grad.abs(), rtol=1e-4, atol=1e-7)
+
+
+def test_global_and_per_layer_ranking_keep_layer_zero_dense():
+    torch.manual_seed(0)
+    scores = UnitScores(torch.rand(4, 8), torch.rand(4, 16))
+    per_layer = choose_mask(scores, 0.5, 0.25, scope="layer")
+    assert per_layer.heads[0].all() and per_layer.neurons[0].all()
+    assert (per_layer.heads[1:].sum(-1) == 4).all() and (per_layer.neurons[1:].sum(-1) == 12).all()
+    overall = choose_mask(scores, 0.5, 0.25)
+    assert overall.sparsity() == {"heads": 0.5, "neurons": 0.25}
+    kept, removed = scores.heads[1:][overall.heads[1:] == 1], scores.heads[1:][overall.heads[1:] == 0]
+    assert kept.min() > removed.max()
+
+
+def test_batched_masks_give_the_losses_of_single_runs(tiny_lm):
+    ids = token_ids(1, 24, seed=1)[0]
+    scores = capture(tiny_lm, ids).scores["magnitude"].normalized()[0]
+    masks = [ShadowMask.dense(tiny_lm.spec), choose_mask(scores, 0.5, 0.0), choose_mask(scores, 0.0, 0.5)]
+    batched = masked_nll(tiny_lm, ids, masks, start=8)
+    single = [masked_nll(tiny_lm, ids, [m], start=8)[0] for m in masks]
+    assert batched == pytest.approx(single, rel=1e-5)
+    assert batched[1] != batched[0] and batched[2] != batched[0]
+
+
+def test_a_few_training_steps_lower_the_loss(trained):
+    _, _, history, _ = trained
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert {"val_loss", "heads_within_layer", "neurons_overall"} <= set(history[-1])
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_lm, trained):
+    out, predictor, _, data = trained
+    loaded = ShadowPredictor.load(out, tiny_lm.spec)
+    a, b = predictor.predict(data.features), loaded.predict(data.features)
+    assert torch.equal(a.heads, b.heads) and torch.equal(a.neurons, b.neurons)
+    assert torch.equal(predictor.static().heads, loaded.static().heads)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["config"]["fingerprint"] == tiny_lm.spec.fingerprint
+
+
+def test_a_predictor_for_another_model_is_refused(trained):
+    out, _, _, _ = trained
+    other = tiny_llama(seed=5)
+    with pytest.raises(PredictorMismatchError, match="trained for 'tiny-llama-0'"):
+        ShadowPredictor.load(out, other.spec)
+
+
+def test_a_missing_predictor_says_how_to_train_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="shadow-train"):
+        ShadowPredictor.load(tmp_path)
+
+
+@pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5, float("nan"), "0.5", None])
+def test_bad_sparsities_are_refused(tiny_lm, trained, sparsity):
+    scores = capture(tiny_lm, token_ids(1, 8)).scores["plainact"].normalized()
+    with pytest.raises(SparsityError, match=r"in \[0, 1\)"):
+        choose_mask(scores, sparsity, 0.0)
+    with pytest.raises(SparsityError, match="neuron sparsity"):
+        analyze_prompt(tiny_lm, trained[1], "some text", 0.5, sparsity)
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "x"])
+def test_empty_or_one_token_prompts_are_refused(tiny_lm, trained, prompt):
+    with pytest.raises(PromptError):
+        analyze_prompt(tiny_lm, trained[1], prompt, 0.5, 0.0)
+    with pytest.raises(PromptError, match="at least 2 tokens"):
+        capture(tiny_lm, torch.tensor([[5]]))
+
+
+def test_a_bad_scope_or_mask_shape_is_refused(tiny_lm):
+    with pytest.raises(SparsityError, match="scope"):
+        choose_mask(capture(tiny_lm, token_ids(1, 8)).scores["plainact"], 0.5, 0.0, scope="row")
+    wrong = ShadowMask(torch.ones(3, 4), torch.ones(3, 128))
+    with pytest.raises(ValueError, match="does not fit"), masked(tiny_lm, wrong):
+        pass
+
+
+def test_prompt_analysis_shapes_and_consistency(tiny_lm, trained):
+    result = analyze_prompt(tiny_lm, trained[1], "The quick brown fox jumps over the lazy dog.", 0.5, 0.25)
+    assert result.scores["plainact"].heads.shape == (4, 4) and result.masks["predicted"].neurons.shape == (4, 128)
+    assert result.masks["plainact"].sparsity() == {"heads": 0.5, "neurons": 0.25}
+    assert set(result.curves) == {"heads", "neurons"} and all(len(v) == 3 for v in result.curves["heads"].values())
+    assert len(result.departure["predicted_heads_rho_by_layer"]) == 3
+    assert neuron_blocks(result.scores["plainact"].neurons, 32).shape == (4, 4)
+    assert neuron_blocks(torch.ones(2, 10), 4).shape == (2, 3)
+
+
+def test_evaluation_runs_end_to_end_and_writes_its_reports(tiny_lm, trained, tmp_path):
+    config = ShadowEvalConfig(windows=2, window_len=32, prompt_len=16, sparsities=(0.5,), out=str(tmp_path))
+    doc = run_shadow_evaluation(tiny_lm, config, trained[1], list(token_ids(2, 32, seed=9)), progress=False)
+    ppl = doc["perplexity"]
+    assert set(ppl["global"]["heads"]) == set(config.methods) and "predicted" in ppl["layer"]["heads"]
+    assert doc["rank_correlation"]["static"]["heads_within_layer"] <= 1.0
+    paths = write_results(doc, tmp_path)
+    assert "| predicted |" in paths["md"].read_text() and paths["html"].stat().st_size > 0
+
+
+def test_cli_turns_a_bad_sparsity_into_a_clear_error(capsys):
+    assert main(["shadow-evaluate", "--sparsities", "0.5,1.2"]) == 2
+    assert "error: The sparsity must be a number in [0, 1)" in capsys.readouterr().err
+
+
+def test_the_page_handler_draws_every_figure(tiny_lm, trained):
+    from app.shadow_tab import analyze_handler
+
+    handler = analyze_handler(lambda: tiny_lm, lambda lm: trained[1])
+    summary, *figures = handler("The quick brown fox jumps over the lazy dog.", 0.5, 0.0, "global")
+    assert "perplexity" in summary.lower() and len(figures) == 4
+    assert all(fig.data for fig in figures)
+
+
+@pytest.mark.slow
+def test_shipped_predictor_ranks_heads_on_the_real_model(smol):
+    predictor = ShadowPredictor.load(DEFAULT_DIR, smol.spec)
+    text = "def add(a, b):\n    return a + b\n\nThe function above returns the sum of its two arguments."
+    result = analyze_prompt(smol, predictor, text, 0.5, 0.0)
+    assert result.masks["predicted"].sparsity()["heads"] == pytest.approx(0.5, abs=0.01)
+    assert result.departure["predicted_heads_rho_overall"] > 0
+    assert result.chosen_ppl["plainact"] > result.dense_ppl
+
+
+def test_the_tab_registers_its_endpoint_on_the_model_queue(tiny_lm):
+    import gradio as gr
+
+    from app.shadow_tab import build_shadow_tab
+    from app.ui import MODEL_QUEUE
+
+    with gr.Blocks() as demo:
+        build_shadow_tab(lambda: tiny_lm)
+    (fn,) = [f for f in demo.fns.values() if f.api_name == "shadow_analyze"]
+    assert fn.concurrency_id == MODEL_QUEUE and fn.concurrency_limit == 1
+
+
+def test_the_page_reports_bad_input_as_a_message_not_a_trace(tiny_lm, trained, monkeypatch):
+    import gradio as gr
+
+    from app import shadow_tab
+
+    monkeypatch.setattr(shadow_tab, "MAX_PROMPT_TOKENS", 20)
+    handler = shadow_tab.analyze_handler(lambda: tiny_lm, lambda lm: trained[1])
+    with pytest.raises(gr.Error, match="empty"):
+        handler("  ", 0.5, 0.0, "global")
+    with pytest.raises(gr.Error, match="at most 20"):
+        handler("a long prompt of more than twenty characters", 0.5, 0.0, "global")
+    with pytest.raises(gr.Error, match="scope"):
+        handler("some text", 0.5, 0.0, "rows")
