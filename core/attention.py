@@ -49,8 +49,8 @@ _ACTIVE: contextvars.ContextVar[SparseSession | None] = contextvars.ContextVar("
 @contextlib.contextmanager
 def activate(session: SparseSession, model: torch.nn.Module | None = None) -> Iterator[SparseSession]:
     """Make `session` drive attention inside this block (and attach its policy's hooks to `model`)."""
+    handles = session.policy.attach(model) if model is not None else []  # may refuse the model: nothing set yet
     token = _ACTIVE.set(session)
-    handles = session.policy.attach(model) if model is not None else []
     try:
         yield session
     finally:

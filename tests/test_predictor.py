@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from core import attention
 from core.budget import Budget
 from core.checkpoint import PredictorMismatchError
 from core.decode import forward_teacher
@@ -59,6 +60,7 @@ def test_a_predictor_for_another_model_is_refused(trained):
     policy = make_policy("tokenbutler", predictor=Predictor.load(out))
     with pytest.raises(PredictorMismatchError, match="fingerprint"):
         forward_teacher(other, chunks()[0], policy, Budget(ratio=0.5))
+    assert attention._ACTIVE.get() is None, "a refused model must not leave the session driving attention"
 
 
 def test_resume_continues_from_the_saved_step(tiny_lm, tmp_path):
