@@ -515,6 +515,33 @@ def _ranking_table(attention: dict) -> list[str]:
     return lines
 
 
+LAYER_RECALL_BUDGETS = ("10%", "25%", "50%")  # kept ratios shown layer by layer
+CEILING = "oracle"
+
+
+def _layer_recall_table(attention: dict) -> list[str]:
+    """Recall per layer at small budgets: the oracle (ceiling), TokenButler, and the other baseline with the
+    best overall recall at that budget, side by side."""
+    labels = [b for b in LAYER_RECALL_BUDGETS if CEILING in attention and b in attention[CEILING]]
+    if not labels:
+        return []
+    others = [n for n in attention if n not in (CEILING, "dense")]
+    columns = []
+    for label in labels:
+        scored = [n for n in others if label in attention[n]]
+        rivals = [n for n in scored if n != "tokenbutler"]
+        best = max(rivals, key=lambda n: attention[n][label]["recall"]) if rivals else None
+        columns += [(CEILING, label)] + [(n, label) for n in ("tokenbutler", best) if n in scored]
+    lines = ["", "## Attention recall by layer (kept ratio in brackets; the best non-oracle baseline at each budget)",
+             "", "| layer | " + " | ".join(f"{n} ({b})" for n, b in columns) + " |", "|---|" + "---|" * len(columns)]
+    layers = len(attention[CEILING][labels[0]]["recall_by_layer"])
+    for layer in range(layers):
+        cells = [f"{attention[n][b]['recall_by_layer'][layer]:.3f}" for n, b in columns]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines.append("| all >= 1 | " + " | ".join(f"{attention[n][b]['recall']:.3f}" for n, b in columns) + " |")
+    return lines
+
+
 def _decode_table(decode: dict) -> list[str]:
     lines = ["", "## Real token-by-token decoding vs teacher-forced (same tokens)", "",
              "| policy | budget | ppl teacher | ppl decode | max abs log-prob gap | argmax agreement | "
@@ -542,6 +569,7 @@ def markdown_report(doc: dict) -> str:
     lines += ["", *(f"- skipped **{n}**: {reason}" for n, reason in doc["skipped"].items())] if doc["skipped"] else []
     lines += _budget_tables(results, doc["budgets"])
     lines += _ranking_table(results["attention"]) if "attention" in results else []
+    lines += _layer_recall_table(results["attention"]) if "attention" in results else []
     lines += _decode_table(results["decode"]) if "decode" in results else []
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -93,6 +94,7 @@ def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
     assert results["coref"]["h2o"]["32 tok"]["samples"] == 3
     table = (out / "eval_tiny-random-llama.md").read_text()
     assert "| oracle |" in table and "Co-reference" in table
+    assert re.search(r"\| layer \| oracle \(50%\) \| (h2o|streaming) \(50%\) \|\n", table)  # best baseline by layer
     assert (out / "eval_tiny-random-llama.html").is_file()
     cells = (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n")
     assert main(args) == 0  # everything cached: nothing is measured again
