@@ -8,21 +8,18 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from core.budget import Budget
 from core.decode import forward_teacher
 from core.evaluate import CellCache, decode_forced, main, policy_digest, task_cells
-from core.models import LoadedModel, from_model
+from core.models import LoadedModel
 from core.policies import make_policy
+from tests.conftest import tiny_llama
 
 
 @pytest.fixture(scope="module")
 def lm() -> LoadedModel:
-    torch.manual_seed(0)
-    config = LlamaConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=128, max_position_embeddings=512)
-    return from_model(LlamaForCausalLM(config), tokenizer=None, name="tiny-evaluate")
+    return tiny_llama(seed=0, layers=3)  # 3 layers: Quest (dense layers 0-1) is sparse in layer 2
 
 
 CASES = [("streaming", "50%"), ("oracle", "12"), ("random", "30%"), ("h2o", "40%"), ("snapkv", "50%"),

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from core.budget import Budget
 from core.capture import capture_views, restrict_rows
@@ -20,18 +19,16 @@ from core.metrics import (
     selection_hit,
     selection_metrics,
 )
-from core.models import LoadedModel, from_model
+from core.models import LoadedModel
 from core.policies import make_policy
 from core.policies.base import LayerView, Policy
 from core.trace import LayerTrace, StepTrace
+from tests.conftest import tiny_llama
 
 
 @pytest.fixture(scope="module")
 def lm() -> LoadedModel:
-    torch.manual_seed(0)
-    config = LlamaConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                         intermediate_size=128, vocab_size=128, max_position_embeddings=512)
-    return from_model(LlamaForCausalLM(config), tokenizer=None, name="tiny-metrics")
+    return tiny_llama(seed=0, layers=3)  # 3 layers: Quest (dense layers 0-1) is sparse in layer 2
 
 
 def _causal_probs(heads: int, length: int, seed: int = 0) -> torch.Tensor:
