@@ -32,13 +32,12 @@ def predictor_overheads(lm: LoadedModel) -> str:
         return "No trained predictor ships in `assets/predictor/` yet, so there are no overheads to report."
     except ValueError as err:
         return f"The shipped predictor does not fit this model: {err}"
-    base = sum(p.numel() for p in lm.model.parameters())
-    cost = predictor.overheads(lm.spec, base)
+    cost = predictor.overheads(lm.spec, lm.parameter_count)
     cfg = predictor.config
     return "\n".join([
         "| cost | value |", "|---|---|",
         f"| predictor parameters | {cost['parameters']:,} ({cost['parameter_share']:.2%} of the base model's "
-        f"{base:,}) |",
+        f"{lm.parameter_count:,}) |",
         f"| extra cache per token | {cost['cache_values_per_token']:,} values ({cost['cache_share']:.2%} of the "
         "KV cache) |",
         f"| producers | layers {', '.join(map(str, cfg.producer_layers))}, each predicting {cfg.group_layers} layers |",

@@ -228,13 +228,14 @@ def budgets(prompt: str, methods: list[str], budget_text: str,
     budget_list = parse_budget_list(budget_text)
     ids = decode.encode_prompt(lm, prompt, chat=True)
     last = ids.shape[1] - 1  # as in Generate: a dense prefill, then the last prompt token's query reads its budget
-    curves: dict[str, dict[str, dict[str, float]]] = {}
+    policies = []
     for method in progress.tqdm(methods, desc="methods"):
         try:
-            curves.update(metrics.budget_curves(lm, ids, [method], budget_list, rows="last", prompt_len=last))
+            policies.append(make_policy(method))
         except FileNotFoundError as err:  # a method whose shipped weights are missing; the others still run
             gr.Warning(f"{method} skipped: {err}")
-    if not curves:
+    if not policies:
         raise gr.Error("None of the picked methods could run; see the warnings.")
+    curves = metrics.budget_curves(lm, ids, policies, budget_list, rows="last", prompt_len=last)  # one dense pass
     title = f"last prompt token's query over {ids.shape[1]} tokens, layers ≥ 1, mean over heads"
     return figures.curves_figure(curves, title), markup.curves_table(curves)

@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core import models
-from core.checkpoint import CONFIG_FILE
-from core.policies import policy_names
-from core.predictor import DEFAULT_DIR
+from core.policies import REGISTRY, policy_names
 from core.trace import StepTrace
 from core.traceviews import trace_nbytes
 
@@ -25,10 +23,14 @@ def shared_model() -> models.LoadedModel:
     return models.load(models.DEFAULT_MODEL)
 
 
+def sparse_methods() -> list[str]:
+    """Every registered method but dense (the reference the page shows beside them)."""
+    return [name for name in policy_names() if name != "dense"]
+
+
 def ready_methods() -> list[str]:
-    """Sparse methods that can run now: TokenButler only once its predictor ships in assets/predictor/."""
-    shipped = (DEFAULT_DIR / CONFIG_FILE).is_file()
-    return [name for name in policy_names() if name != "dense" and (shipped or name != "tokenbutler")]
+    """Sparse methods that can run now (TokenButler only once its predictor ships in assets/predictor/)."""
+    return [name for name in sparse_methods() if REGISTRY[name].available()]
 
 
 def default_method() -> str:

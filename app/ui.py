@@ -12,9 +12,8 @@ import gradio as gr
 
 from app import examples, figures, handlers, results
 from app.about import about_markdown
-from app.state import STATE_TTL_S, default_method, ready_methods, shared_model
+from app.state import STATE_TTL_S, default_method, ready_methods, shared_model, sparse_methods
 from core.models import LoadedModel
-from core.policies import policy_names
 
 MODEL_QUEUE = "model"
 QUEUE_MAX = 32
@@ -56,10 +55,6 @@ class InspectTab:
     triangle: gr.Plot
 
 
-def _sparse_methods() -> list[str]:
-    return [name for name in policy_names() if name != "dense"]
-
-
 def _budget_controls() -> tuple[gr.Radio, gr.Slider, gr.Number]:
     """Ratio slider or token count, whichever the radio picks (the other is hidden)."""
     kind = gr.Radio([("ratio of the past", "ratio"), ("token count", "tokens")], value="ratio", label="Budget as",
@@ -80,7 +75,7 @@ def build_generate_tab() -> GenerateTab:
                                 placeholder="Type a prompt, or pick an example below.")
             button = gr.Button("Generate", variant="primary", elem_id="generate-btn")
         with gr.Column(scale=2):
-            method = gr.Dropdown([*_sparse_methods(), "dense"], value=default_method(), label="Method",
+            method = gr.Dropdown([*sparse_methods(), "dense"], value=default_method(), label="Method",
                                  info="What each does: About tab.", elem_id="method")
             kind, ratio, tokens = _budget_controls()
             max_new = gr.Slider(1, MAX_NEW_TOKENS, value=48, step=1, label="Max new tokens", elem_id="max-new")
@@ -129,7 +124,7 @@ def build_budgets_tab(prompt: gr.Textbox) -> None:
                 "then its last token's query reads each budget, as the first decode step would. Every method sees "
                 "the same pass; means over layers ≥ 1 and heads.")
     with gr.Row():
-        methods = gr.CheckboxGroup(_sparse_methods(), value=ready_methods(), label="Methods", elem_id="curve-methods")
+        methods = gr.CheckboxGroup(sparse_methods(), value=ready_methods(), label="Methods", elem_id="curve-methods")
         budget_text = gr.Textbox("5%, 10%, 25%, 50%, 75%", label="Budgets (ratios or token counts, comma-separated)",
                                  elem_id="curve-budgets")
     button = gr.Button("Compute curves", variant="primary", elem_id="budgets-btn")

@@ -20,6 +20,7 @@ from statistics import fmean
 
 import torch
 
+from core.checkpoint import CONFIG_FILE
 from core.data import token_chunks
 from core.metrics import hit_accuracy, top_mask
 from core.models import DEFAULT_MODEL, load
@@ -89,18 +90,17 @@ def main() -> None:
             predictor, history = Predictor.load(folder, lm.spec), json.loads((folder / "history.json").read_text())
         else:
             predictor, history = train(lm, train_chunks, folder, config, resume=False)
-        base = sum(p.numel() for p in lm.model.parameters())
         results[name] = {
             **heldout_scores(lm, predictor, held),
-            **predictor.overheads(lm.spec, base),
+            **predictor.overheads(lm.spec, lm.parameter_count),
             "train_loss_last10": sum(h["loss"] for h in history[-10:]) / 10,
             "config": VARIANTS[name],
         }
         print(name, results[name])
-    if (DEFAULT_DIR / "config.json").is_file():  # the shipped predictor, scored on the same held-out chunks
+    if (DEFAULT_DIR / CONFIG_FILE).is_file():  # the shipped predictor, scored on the same held-out chunks
         shipped = Predictor.load(DEFAULT_DIR, lm.spec)
         results["shipped"] = {**heldout_scores(lm, shipped, held),
-                              **shipped.overheads(lm.spec, sum(p.numel() for p in lm.model.parameters()))}
+                              **shipped.overheads(lm.spec, lm.parameter_count)}
     print(f"\n{args.steps} steps of {args.seq_len} tokens each; held-out: {args.heldout} chunks\n")
     print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | recall@10% | recall@25% | recall@50% "
           "| params | extra cache |")

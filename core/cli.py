@@ -10,6 +10,11 @@ import time
 from core.budget import Budget, BudgetError
 
 
+def split_csv(text: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'): the comma lists of the subcommands' flags."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     from core.models import DEFAULT_MODEL
 
@@ -68,8 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=args.seed)
     predictor, history = train(lm, chunks, args.out, config, resume=not args.restart)
-    base = sum(p.numel() for p in lm.model.parameters())
-    over = predictor.overheads(lm.spec, base)
+    over = predictor.overheads(lm.spec, lm.parameter_count)
     print(
         f"saved to {args.out}: {over['parameters']:,} parameters ({over['parameter_share']:.2%} of the base model), "
         f"extra cache {over['cache_values_per_token']} values/token ({over['cache_share']:.1%} of the KV cache); "

@@ -90,18 +90,24 @@ def available_sources() -> list[str]:
     return [name for name, (path, _) in SOURCES.items() if path is None or path.exists()]
 
 
+def _source_documents(name: str) -> list[Document]:
+    """The non-empty documents of one source, both splits."""
+    return [doc for doc in SOURCES[name][1]() if doc.text.strip()]
+
+
 def load_documents(split: str, sources: Sequence[str] | None = None) -> list[Document]:
     """Every document of a split from the given sources (default: all installed), in a stable order."""
     if split not in SPLITS:
         raise CorpusError(f"Unknown split {split!r}; choose from {', '.join(SPLITS)}.")
-    names = list(sources) if sources is not None else available_sources()
+    installed = available_sources()
+    names = list(sources) if sources is not None else installed
     unknown = [n for n in names if n not in SOURCES]
     if unknown:
         raise CorpusError(f"Unknown sources {unknown}; choose from {', '.join(SOURCES)}.")
-    missing = [n for n in names if n not in available_sources()]
+    missing = [n for n in names if n not in installed]
     if missing:
-        raise CorpusError(f"Sources {missing} are not installed here (installed: {', '.join(available_sources())}).")
-    docs = [doc for name in names for doc in SOURCES[name][1]() if doc.split == split and doc.text.strip()]
+        raise CorpusError(f"Sources {missing} are not installed here (installed: {', '.join(installed)}).")
+    docs = [doc for name in names for doc in _source_documents(name) if doc.split == split]
     if not docs:
         raise CorpusError(f"No {split} documents in sources {names}.")
     return docs
@@ -131,11 +137,12 @@ def token_chunks(
         stream += tokenizer(doc.text, add_special_tokens=False)["input_ids"]
         if tokenizer.eos_token_id is not None:
             stream.append(tokenizer.eos_token_id)
-        while len(stream) >= body:
-            chunks.append(torch.tensor(bos + stream[:body], dtype=torch.long))
-            stream = stream[body:]
+        whole = len(stream) // body
+        for start in range(0, whole * body, body):
+            chunks.append(torch.tensor(bos + stream[start : start + body], dtype=torch.long))
             if max_chunks is not None and len(chunks) >= max_chunks:
                 return chunks
+        stream = stream[whole * body :]  # the tail carries over to the next document
     if not chunks:
         raise CorpusError(f"The {split} split holds fewer than {length} tokens.")
     return chunks
@@ -145,8 +152,9 @@ def corpus_stats(tokenizer: PreTrainedTokenizerBase, sources: Sequence[str] | No
     """Documents and tokens per source and split (for the README's corpus description)."""
     stats: dict[str, dict] = {}
     for name in sources or available_sources():
+        docs = _source_documents(name)  # read once, counted per split
         for split in SPLITS:
-            docs = [d for d in SOURCES[name][1]() if d.split == split and d.text.strip()]
-            tokens = sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)
-            stats.setdefault(name, {})[split] = {"documents": len(docs), "tokens": tokens}
+            chosen = [d for d in docs if d.split == split]
+            tokens = sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in chosen)
+            stats.setdefault(name, {})[split] = {"documents": len(chosen), "tokens": tokens}
     return stats

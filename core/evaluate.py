@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausa
 from core.attention import SparseSession, activate
 from core.budget import Budget
 from core.capture import capture_views, views_from_capture
+from core.cli import split_csv
 from core.decode import forward_teacher
 from core.metrics import FIRST_SCORED_LAYER, row_indices, selection_metrics
 from core.models import DEFAULT_MODEL, LoadedModel, embedded_model_path, from_model, load
@@ -149,14 +150,19 @@ def decode_forced(
     return torch.cat([last.logits[0], rows]), session.stats
 
 
-def _nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return float(torch.nn.functional.cross_entropy(logits.float(), targets.to(logits.device), reduction="sum"))
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float().log_softmax(-1)
+
+
+def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Summed negative log-likelihood of `targets` under [N, V] log-probabilities."""
+    return float(torch.nn.functional.nll_loss(log_probs, targets.to(log_probs.device), reduction="sum"))
 
 
 def chunk_nll(lm: LoadedModel, ids: torch.Tensor, policy: Policy, budget: Budget, prefix: int) -> dict:
     """Teacher-forced summed NLL of the tokens predicted by rows >= prefix, and the reads."""
     logits, stats = forward_teacher(lm, ids, policy, budget, prefix)
-    return {"nll": _nll(logits[0, prefix:-1], ids[prefix + 1 :]), "tokens": ids.numel() - prefix - 1,
+    return {"nll": _nll(_log_probs(logits[0, prefix:-1]), ids[prefix + 1 :]), "tokens": ids.numel() - prefix - 1,
             "read": stats.read, "total": stats.total}
 
 
@@ -164,9 +170,9 @@ def decode_agreement(lm: LoadedModel, ids: torch.Tensor, policy: Policy, budget:
     """The same chunk teacher-forced and really decoded: both NLLs and how far their log-probs differ."""
     teacher_logits, teacher_stats = forward_teacher(lm, ids, policy, budget, prefix)
     decoded, decode_stats = decode_forced(lm, ids, policy, budget, prefix)
-    teacher, real = teacher_logits[0, prefix:-1].float(), decoded[1:-1].float()
+    teacher, real = _log_probs(teacher_logits[0, prefix:-1]), _log_probs(decoded[1:-1])
     targets = ids[prefix + 1 :]
-    gap = (teacher.log_softmax(-1) - real.log_softmax(-1)).abs().amax()
+    gap = (teacher - real).abs().amax()
     return {
         "nll_teacher": _nll(teacher, targets), "nll_decode": _nll(real, targets), "tokens": targets.numel(),
         "max_logprob_gap": float(gap), "argmax_agree": int((teacher.argmax(-1) == real.argmax(-1)).sum()),
@@ -235,10 +241,9 @@ class Setup:
     lm: LoadedModel
     config: EvalConfig
     policies: dict[str, Policy]
-    skipped: dict[str, str]
     budgets: list[Budget]
     cache: CellCache
-    identities: dict[str, str] = field(default_factory=dict)
+    identities: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.identities = {name: policy_digest(policy) for name, policy in self.policies.items()}
@@ -282,7 +287,7 @@ def _total(cells: list[dict], field_name: str) -> float:
 
 
 def _sparsity(cells: list[dict], read: str = "read", total: str = "total") -> float:
-    return 1.0 - _total(cells, read) / _total(cells, total) if _total(cells, total) else 0.0
+    return ReadStats(_total(cells, read), _total(cells, total)).sparsity
 
 
 def reduce_perplexity(cells: list[dict]) -> dict:
@@ -337,8 +342,7 @@ def attention_cells(s: Setup, chunk: torch.Tensor) -> dict[tuple[str, str], dict
     views = capture_views(s.lm, chunk, list(s.policies.values()), prefix)
     rows = row_indices(s.config.metric_rows, chunk.numel(), prefix)
     cells = {}
-    for name, budgets in s.budgets_for(s.budgets).items():
-        stats = selection_metrics(views, {name: s.policies[name]}, budgets, rows, prefix)[name]
+    for name, stats in selection_metrics(views, s.policies, s.budgets_for(s.budgets), rows, prefix).items():
         ranking = None if stats.ranking_hit is None else _listed(stats.ranking_hit.mean(-1))
         for label, sel in stats.budgets.items():
             cells[(name, label)] = {"hit": sel.hit.mean(-1).tolist(), "recall": sel.recall.mean(-1).tolist(),
@@ -404,7 +408,7 @@ def build_policies(lm: LoadedModel, names: Sequence[str]) -> tuple[dict[str, Pol
     """Build each named policy; one that cannot run on this model (no trained predictor, or one trained
     for another model) is skipped with the reason, an unknown name is an error."""
     policies, skipped = {}, {}
-    for name in check_policy_names(names) or policy_names():
+    for name in names or policy_names():  # run_evaluation has checked the names
         try:
             policy = make_policy(name)
             for handle in policy.attach(lm.model):  # attaching checks the predictor fits this model
@@ -431,7 +435,7 @@ def run_evaluation(config: EvalConfig) -> dict:
         tqdm.write(f"skipping {name}: {reason}")
     budgets = list({b.label: b for b in map(Budget.parse, config.budgets)}.values())
     cache = CellCache(Path(config.cache_dir) / f"eval_{model_slug(lm.spec.name)}.jsonl")
-    setup = Setup(lm, config, policies, skipped, budgets, cache)
+    setup = Setup(lm, config, policies, budgets, cache)
     from core.data import token_chunks  # the corpus module is needed only here
 
     chunks = token_chunks(lm.tokenizer, "heldout", config.chunk_len, max_chunks=config.chunks, seed=config.seed)
@@ -668,22 +672,19 @@ def write_outputs(doc: dict, out: Path) -> dict[str, Path]:
 # --- command line ------------------------------------------------------------------------------------------
 
 
-def _csv(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 FLAGS = (  # EvalConfig field, type, help (defaults come from EvalConfig, or its quick variant with --quick)
-    ("budgets", _csv, f"comma list of kept ratios (50%, 0.5) and token counts (64); full grid: {','.join(FULL_GRID)}"),
+    ("budgets", split_csv,
+     f"comma list of kept ratios (50%, 0.5) and token counts (64); full grid: {','.join(FULL_GRID)}"),
     ("chunks", int, "held-out chunks"),
     ("chunk_len", int, "tokens per chunk"),
     ("dense_prefix", int, "dense tokens at the start of each chunk (the loss counts after them)"),
     ("metric_rows", int, "query rows per chunk scored for hit accuracy and recall"),
     ("decode_chunks", int, "chunks also run by real token-by-token decoding"),
     ("decode_len", int, "tokens of each really decoded chunk"),
-    ("decode_budgets", _csv, "budgets of the real-decoding check"),
+    ("decode_budgets", split_csv, "budgets of the real-decoding check"),
     ("samples", int, "samples per task"),
-    ("tasks", _csv, "comma list from coref,entities"),
-    ("task_budgets", _csv, "budgets of the tasks (empty: --budgets)"),
+    ("tasks", split_csv, "comma list from coref,entities"),
+    ("task_budgets", split_csv, "budgets of the tasks (empty: --budgets)"),
     ("seed", int, "data and task seed"),
     ("out", str, "results folder"),
     ("cache_dir", str, "finished-cell cache folder"),
@@ -693,7 +694,7 @@ FLAGS = (  # EvalConfig field, type, help (defaults come from EvalConfig, or its
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     defaults = EvalConfig()
     parser.add_argument("--model", default=None, help=f"model source (default {DEFAULT_MODEL}; --quick: tiny random)")
-    parser.add_argument("--policies", type=_csv, default=(), help="comma list (default: every registered policy)")
+    parser.add_argument("--policies", type=split_csv, default=(), help="comma list (default: every registered policy)")
     for name, kind, text in FLAGS:
         default = getattr(defaults, name)
         shown = ",".join(default) if isinstance(default, tuple) else default

@@ -23,23 +23,13 @@ from core.capture import capture_views, restrict_rows
 from core.decode import resolve_policy
 from core.models import LoadedModel
 from core.policies import Policy
-from core.policies.base import LayerView
-from core.trace import StepTrace
+from core.policies.base import LayerView, descending_ranks
+from core.trace import ReadStats, StepTrace
 
 FIRST_SCORED_LAYER = 1  # layer 0 is dense for every method; averages run over layers >= 1 (as the paper)
 STACK_BYTES = 256 * 2**20  # bound on the stacked true logits when a stateful policy runs layers together
 
 Rows = Literal["last", "all"] | int | torch.Tensor
-
-
-def descending_ranks(values: torch.Tensor) -> torch.Tensor:
-    """[..., T] rank of each entry in its row (0 = largest; ties go to the earlier token, as `rank_mask`).
-
-    Ranking once and comparing with many budgets' counts is what keeps the budget sweeps cheap.
-    """
-    order = values.argsort(dim=-1, descending=True, stable=True)
-    places = torch.arange(values.shape[-1], device=values.device).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, places)
 
 
 def top_mask(values: torch.Tensor, keep: torch.Tensor | int, ranks: torch.Tensor | None = None) -> torch.Tensor:
@@ -125,7 +115,7 @@ class SelectionStats:
         return {
             "hit_accuracy": float(self.hit[FIRST_SCORED_LAYER:].mean()),
             "recall": float(self.recall[FIRST_SCORED_LAYER:].mean()),
-            "achieved_sparsity": 1.0 - float(self.read.sum()) / total if total else 0.0,
+            "achieved_sparsity": ReadStats(float(self.read.sum()), total).sparsity,
         }
 
 
@@ -237,16 +227,19 @@ def _policy_stats(
 
 
 def selection_metrics(
-    views: dict[int, LayerView], policies: dict[str, Policy], budgets: Sequence[Budget], rows: torch.Tensor,
-    prompt_len: int = 0,
+    views: dict[int, LayerView], policies: dict[str, Policy],
+    budgets: Sequence[Budget] | dict[str, Sequence[Budget]], rows: torch.Tensor, prompt_len: int = 0,
 ) -> dict[str, PolicyStats]:
     """Per policy and budget, per-layer hit, recall and reads on the chosen query rows of captured views.
 
-    Policies must have been begun (and their hooks run) by `capture_views` on the same pass.
+    `budgets`: one list for every policy, or a list per policy name. Policies must have been begun (and
+    their hooks run) by `capture_views` on the same pass; the true attention is shared by all of them.
     """
+    per_policy = budgets if isinstance(budgets, dict) else dict.fromkeys(policies, budgets)
     rows = rows.to(next(iter(views.values())).key.device)
     scored = {layer: restrict_rows(view, rows) for layer, view in views.items()}
-    return {name: _policy_stats(policy, views, scored, budgets, rows, prompt_len) for name, policy in policies.items()}
+    return {name: _policy_stats(policy, views, scored, per_policy[name], rows, prompt_len)
+            for name, policy in policies.items()}
 
 
 def budget_curves(

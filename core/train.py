@@ -194,7 +194,7 @@ def train(
 
 def save_checkpoint(predictor, optimizer, scheduler, out: Path, step: int, history: list, config, lm) -> None:
     """Weights + config (with the base fingerprint) for users; full state for resuming."""
-    extra = {"train": asdict(config), "step": step, "overheads": predictor.overheads(lm.spec, _base_params(lm))}
+    extra = {"train": asdict(config), "step": step, "overheads": predictor.overheads(lm.spec, lm.parameter_count)}
     predictor.save(out, extra=extra)
     state = {
         "predictor": predictor.state_dict(),
@@ -206,6 +206,3 @@ def save_checkpoint(predictor, optimizer, scheduler, out: Path, step: int, histo
     torch.save(state, out / STATE_FILE)
     (out / "history.json").write_text(json.dumps(history))
 
-
-def _base_params(lm: LoadedModel) -> int:
-    return sum(p.numel() for p in lm.model.parameters())

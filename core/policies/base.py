@@ -84,13 +84,19 @@ def topk_sorted(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return scores.argsort(dim=-1, descending=True, stable=True)[..., :keep].sort(dim=-1).values
 
 
+def descending_ranks(values: torch.Tensor) -> torch.Tensor:
+    """[..., T] rank of each entry in its row (0 = largest; ties go to the earlier token).
+
+    Ranking once and comparing with many budgets' counts is what keeps the budget sweeps cheap.
+    """
+    order = values.argsort(dim=-1, descending=True, stable=True)
+    places = torch.arange(values.shape[-1], device=values.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, places)
+
+
 def rank_mask(scores: torch.Tensor, keeps: torch.Tensor) -> torch.Tensor:
     """[..., Q, T] bool: True for the keeps[q] best entries of each row."""
-    order = scores.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(
-        -1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
-    )
-    return ranks < keeps.to(scores.device)[:, None]
+    return descending_ranks(scores) < keeps.to(scores.device)[:, None]
 
 
 class Policy(ABC):
@@ -108,6 +114,11 @@ class Policy(ABC):
         self.seed = seed
         self.budget = Budget.dense()
         self.prompt_len = 0
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether the method can be built here with its defaults (a learned one needs its shipped weights)."""
+        return True
 
     @property
     def is_dense(self) -> bool:

@@ -8,14 +8,21 @@ evicted: a token dropped at one step can be read again when a later query needs 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
-from core.checkpoint import PredictorMismatchError
+from core.checkpoint import CONFIG_FILE, PredictorMismatchError
 from core.models import weights_fingerprint
 from core.policies.base import LayerView, Policy
 from core.predictor import DEFAULT_DIR, Predictor
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_predictor() -> Predictor:
+    """The predictor in assets/predictor, read once per process and shared (it is never trained in place)."""
+    return Predictor.load(DEFAULT_DIR)
 
 
 class TokenButlerPolicy(Policy):
@@ -30,7 +37,10 @@ class TokenButlerPolicy(Policy):
         predictor: Predictor | str | Path | None = None,
     ) -> None:
         super().__init__(sinks=sinks, recent=recent, seed=seed)
-        self.predictor = predictor if isinstance(predictor, Predictor) else Predictor.load(predictor or DEFAULT_DIR)
+        if isinstance(predictor, Predictor):
+            self.predictor = predictor
+        else:
+            self.predictor = shipped_predictor() if predictor is None else Predictor.load(predictor)
         self.pred_queries: dict[int, tuple[int, torch.Tensor]] = {}
         self.key_cache: dict[int, ProjectedKeys] = {}
         self._checked: set[int] = set()
@@ -39,6 +49,10 @@ class TokenButlerPolicy(Policy):
         super().begin(num_layers, budget, prompt_len)
         self.pred_queries = {}
         self.key_cache = {}
+
+    @classmethod
+    def available(cls) -> bool:
+        return (DEFAULT_DIR / CONFIG_FILE).is_file()
 
     def _check_model(self, model: torch.nn.Module) -> None:
         """Refuse a predictor trained for another base model (once per model object)."""

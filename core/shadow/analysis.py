@@ -15,7 +15,7 @@ import torch
 from core.decode import PromptError, encode_prompt
 from core.models import LoadedModel
 from core.shadow.importance import UnitScores, capture
-from core.shadow.masking import FIRST_SPARSE_LAYER, ShadowMask, check_scope, check_sparsity, choose_mask
+from core.shadow.masking import FIRST_SPARSE_LAYER, Setting, ShadowMask, check_scope, check_sparsity, choose_mask
 from core.shadow.methods import criteria_for, method_scores
 from core.shadow.predictor import ShadowPredictor
 from core.shadow.ranking import layer_spearman, overall_spearman, rank_agreement
@@ -81,8 +81,7 @@ def departure_from_static(scores: dict[str, UnitScores], masks: dict[str, Shadow
 
 def _sweep_masks(scores: dict[str, UnitScores], methods: Sequence[str], scope: str) -> list[ShadowMask]:
     """Masks for every (unit, method, level) of the curves, in that order."""
-    return [choose_mask(scores[m], s if unit == "heads" else 0.0, s if unit == "neurons" else 0.0, scope)
-            for unit in ("heads", "neurons") for m in methods for s in SWEEP]
+    return [Setting(m, unit, s, scope).mask(scores[m]) for unit in ("heads", "neurons") for m in methods for s in SWEEP]
 
 
 def analyze_prompt(lm: LoadedModel, predictor: ShadowPredictor, prompt: str, head_sparsity: float,

@@ -6,7 +6,7 @@ import argparse
 import time
 from dataclasses import asdict
 
-from core.cli import add_model_args
+from core.cli import add_model_args, split_csv
 from core.shadow.dataset import CACHE_DIR, cached_targets, training_prompts
 from core.shadow.evaluate import ShadowEvalConfig, heldout_windows, run_shadow_evaluation
 from core.shadow.importance import GRADIENT_CRITERIA, POOLS
@@ -28,10 +28,6 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(p.rstrip("%")) / (100 if p.endswith("%") else 1) for p in parts)
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
 def cmd_shadow_train(args: argparse.Namespace) -> int:
     from core.models import load
 
@@ -45,15 +41,15 @@ def cmd_shadow_train(args: argparse.Namespace) -> int:
     config = ShadowTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.train_batch, val_share=args.val_share,
                                seed=args.seed)
     history = train_predictor(predictor, data, config)
-    base = sum(p.numel() for p in lm.model.parameters())
-    share = predictor.parameter_count() / base
+    overheads = predictor.overheads(lm.parameter_count)
     capture_s, train_s = round(captured - started, 1), round(time.perf_counter() - captured, 1)
     last = history[-1]
     extra = {"training": {**asdict(config), "prompts": len(prompts), "lengths": list(args.lengths),
                           "capture_s": capture_s, "train_s": train_s},
-             "overheads": {"parameters": predictor.parameter_count(), "parameter_share": share}, "last_epoch": last}
+             "overheads": overheads, "last_epoch": last}
     predictor.save(args.out, extra)
-    print(f"saved to {args.out}: {predictor.parameter_count():,} parameters ({share:.2%} of the base model); "
+    print(f"saved to {args.out}: {overheads['parameters']:,} parameters "
+          f"({overheads['parameter_share']:.2%} of the base model); "
           f"{len(prompts)} prompts, capture {capture_s} s, train {train_s} s; last loss {last['loss']:.4f}")
     if "val_loss" in last:
         print(f"validation: loss {last['val_loss']:.4f}, rho heads within layers {last['heads_within_layer']:.3f} / "
@@ -107,7 +103,7 @@ def add_shadow_commands(subparsers) -> None:
     ev.add_argument("--window-len", type=int, default=defaults.window_len)
     ev.add_argument("--prompt-len", type=int, default=defaults.prompt_len, help="tokens the masks are chosen from")
     ev.add_argument("--sparsities", type=_floats, default=defaults.sparsities, help="comma list (0.5 or 50%%)")
-    ev.add_argument("--methods", type=_names, default=defaults.methods, help=f"comma list from {','.join(METHODS)}")
+    ev.add_argument("--methods", type=split_csv, default=defaults.methods, help=f"comma list from {','.join(METHODS)}")
     ev.add_argument("--seed", type=int, default=defaults.seed)
     ev.add_argument("--out", default=defaults.out, help="folder for shadow_eval.{json,md,html}")
     ev.set_defaults(func=cmd_shadow_evaluate)

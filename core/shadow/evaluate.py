@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from core.data import token_chunks
 from core.models import DEFAULT_MODEL, LoadedModel
-from core.shadow.importance import UnitScores, capture
-from core.shadow.masking import FIRST_SPARSE_LAYER, ShadowMask, check_sparsity, choose_mask
+from core.shadow.importance import capture
+from core.shadow.masking import FIRST_SPARSE_LAYER, Setting, ShadowMask, check_sparsity
 from core.shadow.methods import METHODS, check_methods, criteria_for, method_scores
 from core.shadow.predictor import DEFAULT_DIR, ShadowPredictor
 from core.shadow.ranking import layer_spearman, rank_agreement
@@ -53,20 +53,6 @@ class ShadowEvalConfig:
             raise ValueError(f"Need 2 <= prompt_len < window_len, got {self.prompt_len} and {self.window_len}.")
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One mask rule: a method's scores, a unit kind pruned at a sparsity, a ranking scope."""
-
-    method: str
-    unit: str
-    sparsity: float
-    scope: str = "global"
-
-    def mask(self, scores: UnitScores) -> ShadowMask:
-        heads, neurons = (self.sparsity, 0.0) if self.unit == "heads" else (0.0, self.sparsity)
-        return choose_mask(scores, heads, neurons, self.scope)
-
-
 def settings_for(config: ShadowEvalConfig) -> list[Setting]:
     grid = [Setting(m, u, s) for u in UNITS for m in config.methods for s in config.sparsities]
     return grid + [Setting(m, "heads", 0.5, "layer") for m in config.layer_scope_methods if m in config.methods]
@@ -77,7 +63,7 @@ def evaluate_window(lm: LoadedModel, window: torch.Tensor, config: ShadowEvalCon
     """Losses of the dense model and of every setting on one window, and every method's rank agreement."""
     cap = capture(lm, window[: config.prompt_len], criteria_for(config.methods))
     scores = method_scores(cap, config.methods, predictor, seed)
-    true = cap.scores["plainact"].normalized()
+    true = scores["plainact"] if "plainact" in scores else cap.scores["plainact"].normalized()
     masks = [ShadowMask.dense(lm.spec)] + [s.mask(scores[s.method][0]) for s in settings]
     losses = masked_nll(lm, window, masks, start=config.prompt_len)
     return {
@@ -119,12 +105,10 @@ def run_shadow_evaluation(lm: LoadedModel, config: ShadowEvalConfig, predictor: 
     settings = settings_for(config)
     cells = [evaluate_window(lm, w, config, settings, predictor, config.seed + i)
              for i, w in enumerate(tqdm(windows, desc="shadow eval", unit="window", disable=not progress))]
-    base = sum(p.numel() for p in lm.model.parameters())
     return {
         "model": lm.spec.to_dict(),
         "config": asdict(config),
-        "predictor": {**asdict(predictor.config), "parameters": predictor.parameter_count(),
-                      "parameter_share": predictor.parameter_count() / base},
+        "predictor": {**asdict(predictor.config), **predictor.overheads(lm.parameter_count)},
         "protocol": {"windows": len(windows), "counted_tokens_per_window": config.window_len - config.prompt_len,
                      "first_sparse_layer": FIRST_SPARSE_LAYER},
         **reduce_windows(cells, settings),

@@ -89,21 +89,27 @@ def _recording(lm: LoadedModel) -> Iterator[dict[str, list[torch.Tensor]]]:
             handle.remove()
 
 
-def _unit_scores(acts: torch.Tensor, grads: torch.Tensor | None, width: int, criterion: str) -> torch.Tensor:
-    """[B, T, U*width] activations (and gradients) -> [B, U] scores of U units of `width` dims."""
+def _unit_scores(
+    acts: torch.Tensor, grads: torch.Tensor | None, width: int, criteria: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """[B, T, U*width] activations (and gradients) -> {criterion: [B, U]} scores of U units of `width` dims.
+
+    The activation x gradient contribution is formed once and shared by plainact and fisher."""
     a = acts.detach().float().unflatten(-1, (-1, width))
-    if criterion == "magnitude":
-        return a.norm(dim=-1).mean(dim=1)
-    contribution = (a * grads.float().unflatten(-1, (-1, width))).sum(dim=-1)
-    if criterion == "plainact":
-        return contribution.abs().sum(dim=1)
-    return contribution.pow(2).sum(dim=1) / 2
+    contribution = None if grads is None else (a * grads.float().unflatten(-1, (-1, width))).sum(dim=-1)
+    formulas = {
+        "magnitude": lambda: a.norm(dim=-1).mean(dim=1),
+        "plainact": lambda: contribution.abs().sum(dim=1),
+        "fisher": lambda: contribution.pow(2).sum(dim=1) / 2,
+    }
+    return {c: formulas[c]() for c in criteria}
 
 
 def _layer_scores(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], width: int,
-                  criterion: str) -> torch.Tensor:
-    """Per-layer unit scores stacked to [B, L, U]."""
-    return torch.stack([_unit_scores(a, g, width, criterion) for a, g in zip(acts, grads, strict=True)], dim=1).cpu()
+                  criteria: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per-layer unit scores stacked to {criterion: [B, L, U]}."""
+    per_layer = [_unit_scores(a, g, width, criteria) for a, g in zip(acts, grads, strict=True)]
+    return {c: torch.stack([layer[c] for layer in per_layer], dim=1).cpu() for c in criteria}
 
 
 def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -128,10 +134,9 @@ def capture(lm: LoadedModel, ids: torch.Tensor, criteria: Sequence[str] = CRITER
         acts = seen["heads"] + seen["neurons"]
         grads = torch.autograd.grad(_lm_loss(logits, ids), acts) if needs_grad else [None] * len(acts)
     n = len(seen["heads"])
-    scores = {
-        c: UnitScores(_layer_scores(acts[:n], grads[:n], lm.spec.head_dim, c), _layer_scores(acts[n:], grads[n:], 1, c))
-        for c in criteria
-    }
+    heads = _layer_scores(acts[:n], grads[:n], lm.spec.head_dim, criteria)
+    neurons = _layer_scores(acts[n:], grads[n:], 1, criteria)
+    scores = {c: UnitScores(heads[c], neurons[c]) for c in criteria}
     return Capture(features=pooled(seen["layer0"][0].detach().float().cpu()), scores=scores)
 
 

@@ -112,3 +112,17 @@ def masked(lm: LoadedModel, mask: ShadowMask) -> Iterator[ShadowMask]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One mask rule: a method's scores, a unit kind pruned at a sparsity, a ranking scope."""
+
+    method: str
+    unit: str
+    sparsity: float
+    scope: str = "global"
+
+    def mask(self, scores: UnitScores) -> ShadowMask:
+        heads, neurons = (self.sparsity, 0.0) if self.unit == "heads" else (0.0, self.sparsity)
+        return choose_mask(scores, heads, neurons, self.scope)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_weights, read_config, save_network
-from core.models import ModelSpec
+from core.models import ModelSpec, parameter_count
 from core.shadow.importance import POOLS, UnitScores
 
 WEIGHTS_FILE = "shadow.safetensors"
@@ -95,7 +95,11 @@ class ShadowPredictor(nn.Module):
             self.neurons.bias.copy_(static.neurons.flatten())
 
     def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return parameter_count(self)
+
+    def overheads(self, base_parameters: int) -> dict[str, float]:
+        """Parameters, absolute and relative to the base model."""
+        return {"parameters": self.parameter_count(), "parameter_share": self.parameter_count() / base_parameters}
 
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         """Weights (and static scores) as safetensors + a JSON config carrying the base model's fingerprint."""
