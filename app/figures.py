@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from core.eval.report import Panel
+from core.palette import color
 from core.traceviews import (
     HIT,
     KEPT_ONLY,
@@ -186,16 +187,15 @@ def _sparsity_of(cell: dict[str, float]) -> float:
 
 def curves_figure(curves: dict[str, dict[str, dict[str, float]]], title: str,
                   metrics: Sequence[str] = ("hit_accuracy", "recall")) -> go.Figure:
-    """One panel per metric against budget, one line per method (the same colour in every panel)."""
+    """One panel per metric against budget, one line per method (its core.palette colour in every panel)."""
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[m.replace("_", " ") for m in metrics],
                         horizontal_spacing=0.08)
-    colors = qualitative.Plotly
-    for index, (policy, by_budget) in enumerate(curves.items()):
+    for policy, by_budget in curves.items():
         budgets = list(by_budget)
         for col, metric in enumerate(metrics, start=1):
             fig.add_trace(go.Scatter(
                 x=budgets, y=[by_budget[b].get(metric) for b in budgets], name=policy, legendgroup=policy,
-                showlegend=col == 1, mode="lines+markers", line={"color": colors[index % len(colors)]},
+                showlegend=col == 1, mode="lines+markers", line={"color": color(policy)},
                 customdata=[_sparsity_of(by_budget[b]) for b in budgets],
                 hovertemplate=f"{policy} @ %{{x}}<br>{metric.replace('_', ' ')} %{{y:.3f}}"
                               "<br>achieved sparsity %{customdata:.2f}<extra></extra>",
@@ -208,4 +208,16 @@ def curves_figure(curves: dict[str, dict[str, dict[str, float]]], title: str,
     fig.update_xaxes(title_text="budget", type="category")
     fig.update_layout(template=TEMPLATE, height=420, margin={"l": 50, "r": 20, "t": 70, "b": 50},
                       title={"text": title, "font": {"size": 14}})
+    return fig
+
+
+def panel_figure(panel: Panel, source: str) -> go.Figure:
+    """One panel of the evaluation's own report (core.eval.report.figure_panels): a line per policy."""
+    fig = go.Figure()
+    for policy, (xs, ys) in panel.series.items():
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=policy, mode="lines+markers", line={"color": color(policy)},
+                                 hovertemplate=f"{policy}<br>{panel.xlabel} %{{x}}<br>%{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title_text=panel.xlabel)
+    fig.update_layout(template=TEMPLATE, height=380, margin={"l": 50, "r": 20, "t": 70, "b": 50},
+                      title={"text": f"{panel.title}<br><sup>{source}</sup>", "font": {"size": 13}})
     return fig

@@ -1,5 +1,11 @@
 """Event handlers: check what a visitor sent, call core, and stream updates into the page.
 
+Every handler that writes more than one component returns (or yields) a dict {component: value or
+gr.update(...)}; a component left out of the dict keeps what it shows. The components come from the
+layout (app.ui) in the small dataclasses below, so a handler names what it writes instead of
+counting positions in an output list; the output list given to the event fixes only the order an
+API client sees.
+
 A visitor's mistake (every ValueError core raises: PromptError, BudgetError, UnknownPolicyError, ...)
 or a missing shipped file becomes a gr.Error carrying core's message: a toast in the page and an
 AppError for API clients.
@@ -13,6 +19,7 @@ import inspect as pyinspect
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 
 LIVE_FIGURE_EVERY_S = 1.0  # Inspect follows the newest step this often while a run streams
 STATS_EVERY_S = 0.5  # the stats table too: every token would cost the stream more than it shows
+NO_RUN = "Nothing to inspect yet: run a generation on the Generate tab first."
+Updates = dict[gr.components.Component, Any]
 
 
 class Ticker:
@@ -49,7 +58,6 @@ class Ticker:
             return False
         self.last = now
         return True
-NO_RUN = "Nothing to inspect yet: run a generation on the Generate tab first."
 
 
 def _as_gr_error(err: Exception) -> gr.Error:
@@ -129,56 +137,99 @@ def render_step(record: RunRecord, step: int, layer: int) -> tuple[str, go.Figur
     return note, fig, figures.grid_figure(grid["hit_accuracy"], grid["recall"], layer, grid_note)
 
 
-def _inspect_outputs(record: RunRecord, layer: int) -> tuple:
-    """Step slider, note, step figure and grid for the newest traced step of a run."""
-    if not record.steps:
-        return gr.update(interactive=False), NO_RUN, *[figures.message_figure(NO_RUN)] * 2
-    # a slider needs maximum > minimum: with one step it shows 1 of 2 and stays still
-    slider = gr.update(maximum=max(record.steps, 2), value=record.steps, interactive=record.steps > 1)
-    return slider, *render_step(record, record.steps, layer)
+@dataclass(frozen=True)
+class StepViews:
+    """Where Inspect draws one step: the note, the heads x tokens figure and the layer x head grid."""
+
+    note: gr.Markdown
+    step_fig: gr.Plot
+    grid_fig: gr.Plot
+
+    @property
+    def outputs(self) -> list[gr.components.Component]:
+        return [self.note, self.step_fig, self.grid_fig]
+
+    def draw(self, record: RunRecord, step: int, layer: int) -> Updates:
+        return dict(zip(self.outputs, render_step(record, step, layer), strict=True))
 
 
-@gpu
-@user_errors
-def generate(prompt: str, method: str, budget_kind: str, ratio: float, tokens: float, max_new_tokens: float,
-             temperature: float, layer: float) -> Iterator[tuple]:
-    """Stream the method's output (traced), then dense for the same prompt; Inspect follows the newest step.
+@dataclass(frozen=True)
+class RunViews:
+    """Everything a generation writes: Generate's boxes, the visitor's record, and Inspect's step slider and views."""
 
-    Yields: method text, dense text, stats, prompt view, run record, step slider, step note, step figure, grid.
-    """
-    lm = shared_model()
-    layer = _check_range("Layer", layer, 0, lm.spec.num_layers - 1)
-    budget = parse_budget(budget_kind, ratio, tokens)
-    policy = make_policy(method)
-    config = decode.GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), trace=True)
-    ids = decode.encode_prompt(lm, prompt, chat=True, reserve=config.max_new_tokens)
-    record = RunRecord.start(lm, method, budget.label, ids[0].tolist())
-    mine = markup.RunSummary(f"{method} @ {budget.label}", state="generating")
-    runs = [mine] if method == "dense" else [mine, markup.RunSummary("dense", state="waiting")]
-    skip = gr.skip()
-    stats, figure = Ticker(STATS_EVERY_S), Ticker(LIVE_FIGURE_EVERY_S)
-    text = ""
-    for event in decode.generate(lm, ids, policy, budget, config):
-        record.add_token(lm, event.token_id, event.trace)
-        text = event.text
-        mine.tokens, mine.sparsity, mine.tokens_per_s = event.index + 1, event.sparsity, event.tokens_per_s
-        live = _inspect_outputs(record, layer) if record.steps and figure.due() else (skip,) * 4
-        # the record is handed to gr.State once and then grows in place: Inspect reads it mid-run
-        yield (text, skip, markup.stats_markdown(runs) if stats.due() else skip, skip,
-               record if event.index == 0 else skip, *live)
-    mine.state = "done"
-    if method == "dense":
-        dense_text, note = text, "Dense is the reference: pick a sparse method to compare against it."
-    else:
-        dense_text, dense_ids = yield from _stream_dense(lm, ids, config, runs)
-        note = markup.difference_note(method, record.generated_ids, dense_ids, lm.tokenizer.decode)
-    frequency = keep_frequency(record.traces, record.prompt_len)
-    view = markup.prompt_html(record.tokens[: record.prompt_len], frequency, method)
-    yield text, dense_text, markup.stats_markdown(runs, note), view, record, *_inspect_outputs(record, layer)
+    method_text: gr.Textbox
+    dense_text: gr.Textbox
+    stats: gr.Markdown
+    prompt_view: gr.HTML
+    record: gr.State
+    step: gr.Slider
+    views: StepViews
+
+    @property
+    def outputs(self) -> list[gr.components.Component]:
+        """The order API clients see (gr.State is not shown to them)."""
+        return [self.method_text, self.dense_text, self.stats, self.prompt_view, self.record, self.step,
+                *self.views.outputs]
+
+    def follow(self, record: RunRecord, layer: int) -> Updates:
+        """Inspect on the newest traced step of a run: the step slider, the note and both figures."""
+        if not record.steps:
+            blank = figures.message_figure(NO_RUN)
+            return {self.step: gr.update(interactive=False), self.views.note: NO_RUN, self.views.step_fig: blank,
+                    self.views.grid_fig: blank}
+        # a slider needs maximum > minimum: with one step it shows 1 of 2 and stays still
+        slider = gr.update(maximum=max(record.steps, 2), value=record.steps, interactive=record.steps > 1)
+        return {self.step: slider, **self.views.draw(record, record.steps, layer)}
+
+
+def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
+    """The Generate button's handler, writing into `out`."""
+
+    @gpu
+    @user_errors
+    def generate(prompt: str, method: str, budget_kind: str, ratio: float, tokens: float, max_new_tokens: float,
+                 temperature: float, layer: float) -> Iterator[Updates]:
+        """Stream the method's output (traced), then dense for the same prompt; Inspect follows the newest step."""
+        lm = shared_model()
+        layer = _check_range("Layer", layer, 0, lm.spec.num_layers - 1)
+        budget = parse_budget(budget_kind, ratio, tokens)
+        policy = make_policy(method)
+        config = decode.GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                         trace=True)
+        ids = decode.encode_prompt(lm, prompt, chat=True, reserve=config.max_new_tokens)
+        record = RunRecord.start(lm, method, budget.label, ids[0].tolist())
+        mine = markup.RunSummary(f"{method} @ {budget.label}", state="generating")
+        runs = [mine] if method == "dense" else [mine, markup.RunSummary("dense", state="waiting")]
+        stats, figure = Ticker(STATS_EVERY_S), Ticker(LIVE_FIGURE_EVERY_S)
+        text = ""
+        for event in decode.generate(lm, ids, policy, budget, config):
+            record.add_token(lm, event.token_id, event.trace)
+            text = event.text
+            mine.tokens, mine.sparsity, mine.tokens_per_s = event.index + 1, event.sparsity, event.tokens_per_s
+            update: Updates = {out.method_text: text}
+            if event.index == 0:  # handed to gr.State once, then it grows in place: Inspect reads it mid-run
+                update[out.record] = record
+            if stats.due():
+                update[out.stats] = markup.stats_markdown(runs)
+            if record.steps and figure.due():
+                update |= out.follow(record, layer)
+            yield update
+        mine.state = "done"
+        if method == "dense":
+            dense_text, note = text, "Dense is the reference: pick a sparse method to compare against it."
+        else:
+            dense_text, dense_ids = yield from _stream_dense(lm, ids, config, runs, out)
+            note = markup.difference_note(method, record.generated_ids, dense_ids, lm.tokenizer.decode)
+        frequency = keep_frequency(record.traces, record.prompt_len)
+        yield {out.method_text: text, out.dense_text: dense_text, out.stats: markup.stats_markdown(runs, note),
+               out.prompt_view: markup.prompt_html(record.tokens[: record.prompt_len], frequency, method),
+               out.record: record, **out.follow(record, layer)}
+
+    return generate
 
 
 def _stream_dense(lm: LoadedModel, ids: torch.Tensor, config: decode.GenerationConfig,
-                  runs: list[markup.RunSummary]) -> Iterator[tuple]:
+                  runs: list[markup.RunSummary], out: RunViews) -> Iterator[Updates]:
     """Dense decoding of the same prompt with the same sampling, streamed into the right-hand box.
 
     Returns (dense text, generated ids).
@@ -189,27 +240,35 @@ def _stream_dense(lm: LoadedModel, ids: torch.Tensor, config: decode.GenerationC
                                     seed=config.seed)
     dense_ids: list[int] = []
     text = ""
-    skip, stats = gr.skip(), Ticker(STATS_EVERY_S)
+    stats = Ticker(STATS_EVERY_S)
     for event in decode.generate(lm, ids, "dense", Budget.dense(), plain):
         dense_ids.append(event.token_id)
         text, dense.tokens, dense.tokens_per_s = event.text, event.index + 1, event.tokens_per_s
-        yield skip, text, markup.stats_markdown(runs) if stats.due() else skip, *(skip,) * 6
+        update: Updates = {out.dense_text: text}
+        if stats.due():
+            update[out.stats] = markup.stats_markdown(runs)
+        yield update
     dense.state = "done"
     return text, dense_ids
 
 
-@user_errors
-def inspect(step: float, layer: float, record: RunRecord | None) -> tuple[str, go.Figure, go.Figure]:
-    """Redraw Inspect for the picked step and layer of this visitor's last run."""
-    record = _require_run(record)
-    step = _check_range("Step", step, 1, record.steps)
-    layer = _check_range("Layer", layer, 0, record.num_layers - 1)
-    return render_step(record, step, layer)
+def inspect_handler(views: StepViews) -> Callable[[float, float, RunRecord | None], Updates]:
+    """Inspect's handler for the step and layer sliders, drawing into `views`."""
+
+    @user_errors
+    def inspect(step: float, layer: float, record: RunRecord | None) -> Updates:
+        """Redraw Inspect for the picked step and layer of this visitor's last run."""
+        record = _require_run(record)
+        step = _check_range("Step", step, 1, record.steps)
+        layer = _check_range("Layer", layer, 0, record.num_layers - 1)
+        return views.draw(record, step, layer)
+
+    return inspect
 
 
 @user_errors
 def head_triangle(layer: float, head: float, record: RunRecord | None) -> go.Figure:
-    """One head's whole step x token picture: true attention beside the policy's prediction."""
+    """One head's whole step x token picture: true attention beside the policy's prediction (one output)."""
     record = _require_run(record)
     layer = _check_range("Layer", layer, 0, record.num_layers - 1)
     head = _check_range("Head", head, 0, record.num_heads - 1)
@@ -217,25 +276,30 @@ def head_triangle(layer: float, head: float, record: RunRecord | None) -> go.Fig
     return figures.triangle_figure(triangle, record.tokens, record.policy, layer, head)
 
 
-@gpu
-@user_errors
-def budgets(prompt: str, methods: list[str], budget_text: str,
-            progress: gr.Progress = gr.Progress()) -> tuple[go.Figure, str]:  # noqa: B008 (gradio's idiom)
-    """Hit accuracy and attention recall against budget for each method on this prompt, computed now."""
-    if not methods:
-        raise gr.Error("Pick at least one method to compare.")
-    lm = shared_model()
-    budget_list = parse_budget_list(budget_text)
-    ids = decode.encode_prompt(lm, prompt, chat=True)
-    last = ids.shape[1] - 1  # as in Generate: a dense prefill, then the last prompt token's query reads its budget
-    policies = []
-    for method in progress.tqdm(methods, desc="methods"):
-        try:
-            policies.append(make_policy(method))
-        except FileNotFoundError as err:  # a method whose shipped weights are missing; the others still run
-            gr.Warning(f"{method} skipped: {err}")
-    if not policies:
-        raise gr.Error("None of the picked methods could run; see the warnings.")
-    curves = metrics.budget_curves(lm, ids, policies, budget_list, rows="last", prompt_len=last)  # one dense pass
-    title = f"last prompt token's query over {ids.shape[1]} tokens, layers ≥ 1, mean over heads"
-    return figures.curves_figure(curves, title), markup.curves_table(curves)
+def budgets_handler(curves: gr.Plot, table: gr.Markdown) -> Callable[..., Updates]:
+    """The Budgets tab's handler: live curves into `curves`, their numbers into `table`."""
+
+    @gpu
+    @user_errors
+    def budgets(prompt: str, methods: list[str], budget_text: str,
+                progress: gr.Progress = gr.Progress()) -> Updates:  # noqa: B008 (gradio's idiom)
+        """Hit accuracy and attention recall against budget for each method on this prompt, computed now."""
+        if not methods:
+            raise gr.Error("Pick at least one method to compare.")
+        lm = shared_model()
+        budget_list = parse_budget_list(budget_text)
+        ids = decode.encode_prompt(lm, prompt, chat=True)
+        last = ids.shape[1] - 1  # as in Generate: a dense prefill, then the last prompt token's query reads its budget
+        policies = []
+        for method in progress.tqdm(methods, desc="methods"):
+            try:
+                policies.append(make_policy(method))
+            except FileNotFoundError as err:  # a method whose shipped weights are missing; the others still run
+                gr.Warning(f"{method} skipped: {err}")
+        if not policies:
+            raise gr.Error("None of the picked methods could run; see the warnings.")
+        by_policy = metrics.budget_curves(lm, ids, policies, budget_list, rows="last", prompt_len=last)  # one pass
+        title = f"last prompt token's query over {ids.shape[1]} tokens, layers ≥ 1, mean over heads"
+        return {curves: figures.curves_figure(by_policy, title), table: markup.curves_table(by_policy)}
+
+    return budgets

@@ -1,4 +1,5 @@
-"""Markdown and HTML the page shows beside its figures: run statistics, step notes, the coloured prompt.
+"""Markdown and HTML the page shows beside its figures: run statistics, step notes, the coloured prompt,
+the ShadowLLM summary.
 
 Token text is HTML-escaped here: prompts are visitor input.
 """
@@ -11,7 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.shadow import ShadowMask
+from core.shadow.analysis import PromptAnalysis
 from core.traceviews import first_difference
+
+SHADOW_LABELS = {"plainact": "true plainact", "predicted": "predicted", "static": "static mask",
+                 "magnitude": "magnitude"}
 
 
 @dataclass
@@ -99,3 +105,29 @@ def curves_table(curves: dict[str, dict[str, dict[str, float]]]) -> str:
             rows.append(f"| {policy} | {label} | {values['hit_accuracy']:.3f} | {values['recall']:.3f} | "
                         f"{values.get('achieved_sparsity', float('nan')):.1%} |")
     return "\n".join(rows)
+
+
+def _achieved(mask: ShadowMask) -> str:
+    s = mask.sparsity()
+    return f"{s['heads']:.0%} heads, {s['neurons']:.0%} neurons"
+
+
+def shadow_summary(result: PromptAnalysis) -> str:
+    """The numbers behind the ShadowLLM figures, in one short table."""
+    a, d = result.agreement, result.departure
+    rows = [f"| {SHADOW_LABELS[m]} | {_achieved(result.masks[m])} | {ppl:.2f} |"
+            for m, ppl in result.chosen_ppl.items()]
+    return "\n".join([
+        f"**{result.tokens} tokens**, dense perplexity **{result.dense_ppl:.2f}**.",
+        "",
+        "| mask from | removed (layers ≥ 1) | perplexity of this prompt |",
+        "|---|---|---:|",
+        *rows,
+        "",
+        f"Predicted vs true ranking (Spearman's rho): heads {a['heads_within_layer']:.2f} within layers, "
+        f"{a['heads_overall']:.2f} overall; neurons {a['neurons_within_layer']:.2f} within layers, "
+        f"{a['neurons_overall']:.2f} overall. Departure from the static mask: this prompt's true ranking has rho "
+        f"{d['plainact_heads_rho_overall']:.2f} with it over all heads and changes "
+        f"{np.mean(d['plainact_heads_changed_by_layer']):.0%} of its head decisions; the predicted one, rho "
+        f"{d['predicted_heads_rho_overall']:.2f} and {np.mean(d['predicted_heads_changed_by_layer']):.0%}.",
+    ])

@@ -1,19 +1,25 @@
-"""The page's layout: one small builder per tab, wired to app.handlers with stable API names.
+"""The page's layout: one small builder per tab, wired to app.handlers / app.shadow_handlers with stable API names.
 
-Model work (generate, budgets, shadow) shares one queue slot ("model"): one model, one device.
-Drawing from a visitor's own traces (inspect, head_triangle) runs beside it.
+Each builder hands its handler the components it writes (the dataclasses in the handler modules), and
+the handler returns updates keyed by those components; the output lists below fix only the order an
+API client sees. Model work (generate, budgets, shadow) shares one queue slot ("model"): one model,
+one device. Drawing from a visitor's own traces (inspect, head_triangle) runs beside it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
 
 from app import examples, figures, handlers, results
 from app.about import about_markdown
+from app.handlers import RunViews, StepViews
+from app.shadow_handlers import ShadowViews, analyze_handler, shipped_predictor
 from app.state import STATE_TTL_S, default_method, ready_methods, shared_model, sparse_methods
 from core.models import LoadedModel
+from core.shadow import ShadowPredictor
 
 MODEL_QUEUE = "model"
 QUEUE_MAX = 32
@@ -30,16 +36,31 @@ INTRO = (
     "Decode with only a **budget** of past tokens per KV head, and see which tokens each head really needed, "
     "how well the method guessed them, and what the output lost against dense attention."
 )
+SHADOW_EXAMPLE = (
+    "The dictionary is Python's built-in mapping type. A dictionary maps hashable keys to arbitrary values; "
+    "keys are unique, and assigning to an existing key replaces its value. Dictionaries preserve insertion order, "
+    "so iterating over one yields its keys in the order they were added."
+)
+SHADOW_INTRO = (
+    "**ShadowLLM** ranks every attention head and MLP neuron by how much *this prompt's* language-model loss "
+    "depends on it (plainact: |activation × gradient|, from one forward and backward pass), and a small predictor "
+    "guesses that ranking from layer 0's output at the last prompt token alone. The mask removes the "
+    "lowest-ranked units for real (their o_proj / down_proj inputs are zeroed; layer 0 stays dense). "
+    "Colours show log(score / the layer's mean): 0 is an average unit of its layer; × marks a removed unit."
+)
 
 
 @dataclass
 class GenerateTab:
-    """The Generate tab's components that other tabs read."""
+    """The Generate tab's controls, and the boxes a generation writes."""
 
     prompt: gr.Textbox
     inputs: list[gr.components.Component]
     button: gr.Button
-    outputs: list[gr.components.Component]
+    method_text: gr.Textbox
+    dense_text: gr.Textbox
+    stats: gr.Markdown
+    prompt_view: gr.HTML
 
 
 @dataclass
@@ -49,9 +70,7 @@ class InspectTab:
     step: gr.Slider
     layer: gr.Slider
     head: gr.Dropdown
-    note: gr.Markdown
-    step_fig: gr.Plot
-    grid_fig: gr.Plot
+    views: StepViews
     triangle: gr.Plot
 
 
@@ -63,7 +82,7 @@ def _budget_controls() -> tuple[gr.Radio, gr.Slider, gr.Number]:
                       elem_id="budget-ratio")
     tokens = gr.Number(value=64, precision=0, label="Budget tokens per KV head", visible=False,
                        elem_id="budget-tokens")
-    kind.change(lambda k: (gr.update(visible=k == "ratio"), gr.update(visible=k == "tokens")), kind,
+    kind.change(lambda k: {ratio: gr.update(visible=k == "ratio"), tokens: gr.update(visible=k == "tokens")}, kind,
                 [ratio, tokens], queue=False, api_visibility="private")
     return kind, ratio, tokens
 
@@ -92,7 +111,8 @@ def build_generate_tab() -> GenerateTab:
     prompt_view = gr.HTML("<p class='tb-note'>Run a generation to colour the prompt.</p>", label="Prompt keep shading",
                           elem_id="prompt-view")
     return GenerateTab(prompt=prompt, inputs=[prompt, method, kind, ratio, tokens, max_new, temperature],
-                       button=button, outputs=[method_text, dense_text, stats, prompt_view])
+                       button=button, method_text=method_text, dense_text=dense_text, stats=stats,
+                       prompt_view=prompt_view)
 
 
 def build_inspect_tab(lm: LoadedModel) -> InspectTab:
@@ -116,7 +136,7 @@ def build_inspect_tab(lm: LoadedModel) -> InspectTab:
     head = gr.Dropdown(heads, value=0, label="Head", elem_id="head")
     triangle = gr.Plot(figures.message_figure("Pick a head after a run."), label="Steps × past tokens",
                        elem_id="triangle-fig")
-    return InspectTab(step, layer, head, note, step_fig, grid_fig, triangle)
+    return InspectTab(step, layer, head, StepViews(note, step_fig, grid_fig), triangle)
 
 
 def build_budgets_tab(prompt: gr.Textbox) -> None:
@@ -131,22 +151,43 @@ def build_budgets_tab(prompt: gr.Textbox) -> None:
     curves = gr.Plot(figures.message_figure("Press “Compute curves”."), label="Live curves", elem_id="curves-fig")
     with gr.Accordion("Numbers", open=False):
         table = gr.Markdown(label="Curve numbers")
-    button.click(handlers.budgets, [prompt, methods, budget_text], [curves, table], api_name="budgets",
-                 concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    button.click(handlers.budgets_handler(curves, table), [prompt, methods, budget_text], [curves, table],
+                 api_name="budgets", concurrency_id=MODEL_QUEUE, concurrency_limit=1)
     gr.Markdown("### Shipped evaluation results")
     shipped = results.load_shipped()
-    for fig in shipped.figures:
-        gr.Plot(fig)
+    for start in range(0, len(shipped.figures), 2):  # two panels a row
+        with gr.Row():
+            for fig in shipped.figures[start : start + 2]:
+                gr.Plot(fig)
     gr.Markdown(shipped.markdown)
 
 
-def build_shadow_tab_or_note() -> None:
-    try:
-        from app.shadow_tab import build_shadow_tab
-    except ImportError as err:
-        gr.Markdown(f"_The ShadowLLM tab is not available in this build ({err})._")
-        return
-    build_shadow_tab(shared_model)
+def build_shadow_tab(lm_loader: Callable[[], LoadedModel],
+                     predictor_loader: Callable[[LoadedModel], ShadowPredictor] = shipped_predictor) -> None:
+    """Controls, a summary and four figures; the button runs on the shared model queue."""
+    gr.Markdown(SHADOW_INTRO)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(SHADOW_EXAMPLE, label="Prompt (plain text, no chat template)", lines=6, max_lines=14,
+                                elem_id="shadow-prompt")
+            button = gr.Button("Analyze", variant="primary", elem_id="shadow-btn")
+        with gr.Column(scale=2):
+            heads = gr.Slider(0.0, 0.9, value=0.5, step=0.05, label="Head sparsity (share of heads removed)",
+                              elem_id="shadow-head-sparsity")
+            neurons = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="Neuron sparsity (share of neurons removed)",
+                                elem_id="shadow-neuron-sparsity")
+            scope = gr.Radio([("global (per-layer normalized)", "global"), ("within each layer", "layer")],
+                             value="global", label="Ranking", elem_id="shadow-scope")
+    summary = gr.Markdown("Press “Analyze”.", elem_id="shadow-summary")
+    waiting = figures.message_figure("Press “Analyze”.")
+    views = ShadowViews(summary, *[gr.Plot(waiting, label=label, elem_id=f"shadow-{key}") for key, label in (
+        ("heads", "Layers × heads: true vs predicted importance, × = removed"),
+        ("neurons", "Layers × neuron blocks"),
+        ("curves", "Perplexity of this prompt vs sparsity"),
+        ("departure", "How far this prompt departs from the static mask"),
+    )])
+    button.click(analyze_handler(views, lm_loader, predictor_loader), [prompt, heads, neurons, scope], views.outputs,
+                 api_name="shadow_analyze", concurrency_id=MODEL_QUEUE, concurrency_limit=1)
 
 
 def wire_inspect(tab: InspectTab, record: gr.State, run: gr.events.Dependency) -> None:
@@ -155,8 +196,8 @@ def wire_inspect(tab: InspectTab, record: gr.State, run: gr.events.Dependency) -
     When a run ends, the picked head's triangle is drawn too (the same handler, no extra endpoint).
     """
     shared = {"concurrency_limit": VIEW_CONCURRENCY, "trigger_mode": "always_last"}
-    gr.on([tab.step.release, tab.layer.release], handlers.inspect, [tab.step, tab.layer, record],
-          [tab.note, tab.step_fig, tab.grid_fig], api_name="inspect", **shared)
+    gr.on([tab.step.release, tab.layer.release], handlers.inspect_handler(tab.views), [tab.step, tab.layer, record],
+          tab.views.outputs, api_name="inspect", **shared)
     gr.on([tab.head.change, tab.layer.release], handlers.head_triangle, [tab.layer, tab.head, record], tab.triangle,
           api_name="head_triangle", **shared)
     run.success(handlers.head_triangle, [tab.layer, tab.head, record], tab.triangle, api_visibility="private")
@@ -176,12 +217,12 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Budgets", id="budgets"):
                 build_budgets_tab(gen.prompt)
             with gr.Tab("ShadowLLM", id="shadow"):
-                build_shadow_tab_or_note()
+                build_shadow_tab(shared_model)
             with gr.Tab("About", id="about"):
                 gr.Markdown(about_markdown(lm))
-        outputs = [*gen.outputs, record, insp.step, insp.note, insp.step_fig, insp.grid_fig]
-        run = gen.button.click(handlers.generate, [*gen.inputs, insp.layer], outputs, api_name="generate",
-                               concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+        out = RunViews(gen.method_text, gen.dense_text, gen.stats, gen.prompt_view, record, insp.step, insp.views)
+        run = gen.button.click(handlers.generate_handler(out), [*gen.inputs, insp.layer], out.outputs,
+                               api_name="generate", concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         wire_inspect(insp, record, run)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX)
     return demo

@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import AttentionInterface
@@ -19,6 +19,7 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 
 from core.budget import Budget
 from core.policies.base import LayerView, Policy
+from core.policies.driver import decode_selection, prefill_state, teacher_mask
 from core.trace import LayerTrace, ReadStats, StepTrace
 
 ATTENTION_NAME = "tokenbutler_studio"
@@ -27,7 +28,7 @@ Mode = Literal["decode", "teacher"]
 
 @dataclass
 class SparseSession:
-    """Policy + budget + mode for one sequence; carries optional tracing and capture sinks."""
+    """Policy + budget + mode for one sequence, a recurrence's per-layer state, optional tracing and capture."""
 
     policy: Policy
     budget: Budget
@@ -36,11 +37,13 @@ class SparseSession:
     trace: StepTrace | None = None
     capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     stats: ReadStats = field(default_factory=ReadStats)
+    states: dict[int, Any] = field(default_factory=dict)
 
-    def row_keeps(self, positions: torch.Tensor) -> torch.Tensor:
-        """Teacher mode: tokens each row keeps; prompt rows keep their whole past (dense prefill)."""
-        keeps = [p + 1 if p < self.prompt_len else self.budget.keep(p + 1) for p in positions.tolist()]
-        return torch.tensor(keeps, device=positions.device)
+    def observe_prefill(self, views: dict[int, LayerView]) -> None:
+        """Decode after a dense prefill run elsewhere (views of its prompt): set up each sparse layer's state."""
+        for layer, view in views.items():
+            if self.policy.is_sparse_layer(layer):
+                self.states[layer] = prefill_state(self.policy, view, self.budget)
 
 
 _ACTIVE: contextvars.ContextVar[SparseSession | None] = contextvars.ContextVar("tokenbutler_session", default=None)
@@ -135,25 +138,24 @@ def policy_attention(
         if not sparse:
             session.stats.add(total, total)
             return _dense(*dense_args, **kwargs), None
-        mask = policy.select_rows(view, session.row_keeps(view.positions))
+        mask = teacher_mask(policy, view, session.budget, session.prompt_len)
         session.stats.add(int(mask[:, :, rows].sum()), total)
         return _masked(query, key, value, mask, scale), None
 
     if q_len > 1:  # dense prefill
         if sparse:
-            policy.observe_prefill(view)
+            session.states[layer] = prefill_state(policy, view, session.budget)
         return _dense(*dense_args, **kwargs), None
 
-    indices = policy.select(view, session.budget.keep(t)) if sparse else None
-    if indices is not None:
-        policy.observe_step(view, indices)
+    selection = decode_selection(policy, session.states.get(layer), view, session.budget.keep(t)) if sparse else None
+    indices = None if selection is None else selection.indices
     reads_all = indices is None or indices.shape[-1] == t
     session.stats.add(hkv * (t if reads_all else indices.shape[-1]), hkv * t)
     if session.trace is not None:
-        scores = view.extras.get("head_scores")
+        scores = None if selection is None else selection.scores
         session.trace.layers[layer] = LayerTrace(
             true_probs=view.true_probs()[0, :, 0, :].half().cpu(),
-            scores=None if scores is None else scores[0, :, -1, :].float().half().cpu(),
+            scores=None if scores is None else scores[0].float().half().cpu(),
             kept=None if indices is None else indices[0].int().cpu(),
         )
     if reads_all:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 
 class BudgetError(ValueError):
     """A budget that cannot be honoured (zero, negative, a ratio above 1, both or neither given)."""
@@ -65,6 +67,12 @@ class Budget:
         if self.ratio is not None:
             return max(1, min(past, math.ceil(self.ratio * past - 1e-9)))
         return min(past, self.tokens)
+
+    def row_keeps(self, positions: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        """Tokens each query row keeps in one pass over a sequence: prompt rows (the dense prefill) read
+        their whole past, later rows their budget, exactly as decoding the same tokens would."""
+        keeps = [p + 1 if p < prompt_len else self.keep(p + 1) for p in positions.tolist()]
+        return torch.tensor(keeps, device=positions.device)
 
     @property
     def label(self) -> str:

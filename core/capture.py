@@ -16,15 +16,13 @@ from core.models import LoadedModel
 from core.policies import Policy, make_policy
 from core.policies.base import LayerView
 
-ROW_KEYS = ("logits", "probs")  # LayerView.extras entries with a query-row axis at dim 2
-
 
 def capture_views(
-    lm: LoadedModel, input_ids: torch.Tensor, policies: Sequence[Policy] = (), prompt_len: int = 0
+    lm: LoadedModel, input_ids: torch.Tensor, policies: Sequence[Policy] = ()
 ) -> dict[int, LayerView]:
     """One dense forward pass; per layer a view over all T rows (positions 0..T-1).
 
-    Each policy in `policies` is begun (dense budget) and its forward hooks ride along on this pass,
+    Each policy in `policies` is reset and its forward hooks ride along on this pass,
     so a learned predictor sees the same hidden states; the hooks are removed afterwards.
     """
     ids = input_ids.view(1, -1) if input_ids.dim() == 1 else input_ids
@@ -33,7 +31,7 @@ def capture_views(
     handles = []
     try:
         for policy in policies:
-            policy.begin(lm.spec.num_layers, Budget.dense(), prompt_len)
+            policy.reset()
             handles.extend(policy.attach(lm.model))
         with torch.inference_mode(), activate(session, lm.model):
             lm.model.model(input_ids=ids.to(lm.device), use_cache=False)  # the decoder only: no LM head
@@ -50,13 +48,3 @@ def views_from_capture(captured: dict[int, tuple[torch.Tensor, torch.Tensor]], s
         positions = torch.arange(key.shape[2] - query.shape[2], key.shape[2], device=key.device)
         views[layer] = LayerView(layer, query, key, scale, positions)
     return views
-
-
-def restrict_rows(view: LayerView, rows: torch.Tensor) -> LayerView:
-    """The same layer seen from only some query rows (indices into the view's rows); keys stay whole.
-
-    Cached true logits/probabilities are sliced rather than recomputed; other extras are dropped.
-    """
-    rows = rows.to(view.query.device)
-    extras = {key: view.extras[key][:, :, rows] for key in ROW_KEYS if key in view.extras}
-    return LayerView(view.layer, view.query[:, :, rows], view.key, view.scale, view.positions[rows], extras)

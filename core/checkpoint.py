@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from core.models import ModelSpec
+from core.spec import ModelSpec
 
 CONFIG_FILE = "config.json"
 

@@ -1,7 +1,9 @@
 """Sparse generation: dense prefill, then token by token reading only the selected K/V rows.
 
 `generate` streams one `StepEvent` per new token (with a per-layer trace on request);
-`forward_teacher` runs a whole sequence in one pass with each row under its own budget.
+`forward_teacher` runs a whole sequence in one pass with each row under its own budget;
+`decode_forced` really decodes given tokens (the evaluation's check that both modes agree).
+`decode_tokens` is the one token-by-token loop (generate, decode_forced, the evaluation's tasks).
 """
 
 from __future__ import annotations
@@ -96,10 +98,14 @@ def _next_token(logits: torch.Tensor, config: GenerationConfig, generator: torch
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-def _forward(lm: LoadedModel, session: SparseSession, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-    """One forward pass under `session` (entered per call: gradio may resume generators on other threads)."""
+def decode_tokens(lm: LoadedModel, session: SparseSession, cache: DynamicCache, tokens: torch.Tensor) -> torch.Tensor:
+    """Feed `tokens` [1, n] one per step through `cache` under `session`: logits [n, V] (real decoding).
+
+    The session is entered per call: gradio may resume `generate` on another thread between steps.
+    """
     with torch.inference_mode(), activate(session, lm.model):
-        return lm.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1, :]
+        rows = [lm.model(input_ids=t, past_key_values=cache, use_cache=True).logits[0] for t in tokens.split(1, dim=1)]
+    return torch.cat(rows) if rows else torch.empty(0, lm.spec.vocab_size, device=lm.device)
 
 
 def generate(
@@ -122,11 +128,12 @@ def generate(
         raise PromptError(
             f"{prompt_len} prompt tokens + {config.max_new_tokens} new exceed the context of {lm.spec.max_context}."
         )
-    policy.begin(lm.spec.num_layers, budget, prompt_len)
+    policy.reset()
     session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len, stats=ReadStats())
     generator = torch.Generator().manual_seed(config.seed)
     cache = DynamicCache(config=lm.model.config)
-    logits = _forward(lm, session, ids, cache)
+    with torch.inference_mode(), activate(session, lm.model):
+        logits = lm.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1, :]
     eos = set(_eos_ids(lm))
     generated: list[int] = []
     text = ""
@@ -155,7 +162,7 @@ def generate(
             return
         trace = StepTrace(position=prompt_len + index) if config.trace else None
         session.trace = trace
-        logits = _forward(lm, session, torch.tensor([[token]], device=lm.device), cache)
+        logits = decode_tokens(lm, session, cache, torch.tensor([[token]], device=lm.device))
 
 
 def _eos_ids(lm: LoadedModel) -> list[int]:
@@ -178,8 +185,28 @@ def forward_teacher(
     """
     policy = resolve_policy(policy)
     ids = input_ids.view(1, -1) if input_ids.dim() == 1 else input_ids
-    policy.begin(lm.spec.num_layers, budget, prompt_len)
+    policy.reset()
     session = SparseSession(policy=policy, budget=budget, mode="teacher", prompt_len=prompt_len)
     with torch.inference_mode(), activate(session, lm.model):
         logits = lm.model(input_ids=ids.to(lm.device), use_cache=False).logits
     return logits, session.stats
+
+
+def decode_forced(
+    lm: LoadedModel, input_ids: torch.Tensor, policy: Policy, budget: Budget, prompt_len: int
+) -> tuple[torch.Tensor, ReadStats]:
+    """Real decoding over given tokens: dense prefill of the first `prompt_len`, then one token per step.
+
+    Returns logits [T - prompt_len + 1, V] for positions prompt_len - 1 .. T - 1 (the teacher-forced
+    rows they must match) and the K/V rows read by the decode steps.
+    """
+    ids = input_ids.view(1, -1).to(lm.device)
+    if not 1 <= prompt_len <= ids.shape[1]:
+        raise ValueError(f"prompt_len must be in [1, {ids.shape[1]}], got {prompt_len}.")
+    policy.reset()
+    session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
+    cache = DynamicCache(config=lm.model.config)
+    with torch.inference_mode(), activate(session, lm.model):
+        last = lm.model(input_ids=ids[:, :prompt_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    rows = decode_tokens(lm, session, cache, ids[:, prompt_len:])
+    return torch.cat([last.logits[0], rows]), session.stats

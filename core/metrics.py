@@ -17,16 +17,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from core.attention import SparseSession
 from core.budget import Budget
-from core.capture import capture_views, restrict_rows
+from core.capture import capture_views
 from core.decode import resolve_policy
 from core.models import LoadedModel
 from core.policies import Policy
 from core.policies.base import LayerView, descending_ranks
+from core.policies.driver import replay, scorer_ranks
+from core.spec import FIRST_SPARSE_LAYER
 from core.trace import ReadStats, StepTrace
 
-FIRST_SCORED_LAYER = 1  # layer 0 is dense for every method; averages run over layers >= 1 (as the paper)
 STACK_BYTES = 256 * 2**20  # bound on the stacked true logits when a stateful policy runs layers together
 
 Rows = Literal["last", "all"] | int | torch.Tensor
@@ -113,8 +113,8 @@ class SelectionStats:
         """Hit and recall averaged over layers >= 1 and heads; achieved sparsity over all layers."""
         total = float(self.total.sum())
         return {
-            "hit_accuracy": float(self.hit[FIRST_SCORED_LAYER:].mean()),
-            "recall": float(self.recall[FIRST_SCORED_LAYER:].mean()),
+            "hit_accuracy": float(self.hit[FIRST_SPARSE_LAYER:].mean()),
+            "recall": float(self.recall[FIRST_SPARSE_LAYER:].mean()),
             "achieved_sparsity": ReadStats(float(self.read.sum()), total).sparsity,
         }
 
@@ -147,19 +147,14 @@ def _stacked(views: Sequence[LayerView]) -> LayerView:
     return LayerView(first.layer, query, key, first.scale, first.positions)
 
 
-def _row_keeps(policy: Policy, budget: Budget, positions: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Tokens each row keeps, by the very rule teacher-forced passes use (prompt rows dense)."""
-    return SparseSession(policy, budget, mode="teacher", prompt_len=prompt_len).row_keeps(positions)
-
-
-def _stateful_masks(
+def _replayed_masks(
     policy: Policy, views: dict[int, LayerView], budgets: Sequence[Budget], rows: torch.Tensor, prompt_len: int
 ) -> Iterator[tuple[Budget, int, torch.Tensor]]:
-    """(budget, layer, kept [B, Hkv, Q, T]) for the sparse layers, from the policy's replay of the whole sequence.
+    """(budget, layer, kept [B, Hkv, Q, T]) for a recurrence's sparse layers, replayed over the whole sequence.
 
-    A stateful policy's state is per sequence and head, so to it layers are independent sequences:
-    they run stacked on the batch axis (H2O's row-by-row replay would otherwise dominate the cost),
-    in stacks whose true logits fit in STACK_BYTES and are computed once for all budgets.
+    A recurrence's state is per sequence and head, so to it layers are independent sequences: they
+    run stacked on the batch axis (the row-by-row replay would otherwise dominate the cost), in
+    stacks whose true logits fit in STACK_BYTES and are computed once for all budgets.
     """
     layers = [layer for layer in views if policy.is_sparse_layer(layer)]
     if not layers:
@@ -171,27 +166,26 @@ def _stateful_masks(
         stack = layers[start : start + per_stack]
         stacked = _stacked([views[layer] for layer in stack])
         for budget in budgets:
-            policy.begin(len(views), budget, prompt_len)
-            keeps = _row_keeps(policy, budget, first.positions, prompt_len)
-            masks = policy.select_rows(stacked, keeps)[:, :, rows]
+            masks = replay(policy, stacked, budget, prompt_len)[:, :, rows]
             for i, layer in enumerate(stack):
                 yield budget, layer, masks[i * b : (i + 1) * b]
 
 
 class _Tally:
-    """Per-layer accumulation of one policy at one budget."""
+    """Per-layer accumulation of one policy at one budget; the true ranks are shared by every tally."""
 
-    def __init__(self, num_layers: int, num_heads: int) -> None:
+    def __init__(self, num_layers: int, num_heads: int, true_ranks: dict[int, torch.Tensor]) -> None:
         self.stats = SelectionStats(
             hit=np.full((num_layers, num_heads), np.nan), recall=np.full((num_layers, num_heads), np.nan),
             read=np.zeros(num_layers), total=np.zeros(num_layers),
         )
+        self.true_ranks = true_ranks
 
     def add(self, layer: int, kept: torch.Tensor, view: LayerView, prompt_len: int) -> None:
         probs, group = view.true_probs(), view.group
-        if "true_ranks" not in view.extras:  # shared by every policy and budget scored on this view
-            view.extras["true_ranks"] = descending_ranks(probs)
-        hit = selection_hit(kept, probs, group, view.extras["true_ranks"])
+        if layer not in self.true_ranks:
+            self.true_ranks[layer] = descending_ranks(probs)
+        hit = selection_hit(kept, probs, group, self.true_ranks[layer])
         self.stats.hit[layer] = hit.mean(dim=(0, 2)).cpu().numpy()
         self.stats.recall[layer] = attention_recall(kept, probs, group).mean(dim=(0, 2)).cpu().numpy()
         late = view.positions >= prompt_len
@@ -201,11 +195,11 @@ class _Tally:
 
 def _policy_stats(
     policy: Policy, views: dict[int, LayerView], scored: dict[int, LayerView], budgets: Sequence[Budget],
-    rows: torch.Tensor, prompt_len: int,
+    rows: torch.Tensor, prompt_len: int, true_ranks: dict[int, torch.Tensor],
 ) -> PolicyStats:
-    """Score one policy at every budget; a stateless policy's scores are computed once for all budgets."""
+    """Score one policy at every budget; a scorer's ranks are computed once for all budgets."""
     num_heads = next(iter(scored.values())).query.shape[1]
-    tallies = {budget.label: _Tally(len(views), num_heads) for budget in budgets}
+    tallies = {budget.label: _Tally(len(views), num_heads, true_ranks) for budget in budgets}
     ranks = policy.stateless and not policy.is_dense
     ranking = np.full((len(views), num_heads), np.nan) if ranks else None
     for layer, view in scored.items():
@@ -214,14 +208,13 @@ def _policy_stats(
             for budget in budgets:
                 tallies[budget.label].add(layer, everything, view, prompt_len)
         elif policy.stateless:
-            kv_ranks = descending_ranks(policy.kv_scores(view))
-            ranking[layer] = hit_accuracy(view.extras["head_scores"], view.true_probs(), view.positions + 1).mean(
-                dim=(0, 2)).cpu().numpy()
+            head, kv_ranks = scorer_ranks(policy, view)
+            ranking[layer] = hit_accuracy(head, view.true_probs(), view.positions + 1).mean(dim=(0, 2)).cpu().numpy()
             for budget in budgets:
-                kept = kv_ranks < _row_keeps(policy, budget, view.positions, prompt_len)[:, None]
+                kept = kv_ranks < budget.row_keeps(view.positions, prompt_len)[:, None]
                 tallies[budget.label].add(layer, kept, view, prompt_len)
     if not policy.stateless:
-        for budget, layer, kept in _stateful_masks(policy, views, budgets, rows, prompt_len):
+        for budget, layer, kept in _replayed_masks(policy, views, budgets, rows, prompt_len):
             tallies[budget.label].add(layer, kept, scored[layer], prompt_len)
     return PolicyStats({label: tally.stats for label, tally in tallies.items()}, ranking)
 
@@ -237,8 +230,9 @@ def selection_metrics(
     """
     per_policy = budgets if isinstance(budgets, dict) else dict.fromkeys(policies, budgets)
     rows = rows.to(next(iter(views.values())).key.device)
-    scored = {layer: restrict_rows(view, rows) for layer, view in views.items()}
-    return {name: _policy_stats(policy, views, scored, per_policy[name], rows, prompt_len)
+    scored = {layer: view.rows(rows) for layer, view in views.items()}
+    true_ranks: dict[int, torch.Tensor] = {}
+    return {name: _policy_stats(policy, views, scored, per_policy[name], rows, prompt_len, true_ranks)
             for name, policy in policies.items()}
 
 
@@ -261,6 +255,6 @@ def budget_curves(
         policies[policy.name] = policy
     parsed = [b if isinstance(b, Budget) else Budget.parse(b) for b in budgets]
     ids = input_ids.view(-1)
-    views = capture_views(lm, ids, list(policies.values()), prompt_len)
+    views = capture_views(lm, ids, list(policies.values()))
     stats = selection_metrics(views, policies, parsed, row_indices(rows, ids.numel(), prompt_len), prompt_len)
     return {name: {label: sel.summary() for label, sel in ps.budgets.items()} for name, ps in stats.items()}

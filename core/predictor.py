@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_weights, read_config, save_network
-from core.models import ModelSpec, parameter_count
+from core.spec import ModelSpec, parameter_count
 
 WEIGHTS_FILE = "predictor.safetensors"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "predictor"

@@ -30,6 +30,7 @@ from core.policies import make_policy
 from core.predictor import Predictor, PredictorConfig, calibrate_pairs
 
 STATE_FILE = "train_state.pt"
+LOSSES = ("kl", "mse")  # see the module docstring
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: float = 0.1
     clip: float = 20.0
-    loss: str = "kl"
+    loss: str = "kl"  # one of LOSSES
     dim: int = 16
     inner: int = 128
     group_layers: int = 4

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from core import models
+from core.tiny import tiny_model
 
 
 class TinyTokenizer:
@@ -23,19 +23,11 @@ class TinyTokenizer:
 
 
 def tiny_llama(seed: int = 0, layers: int = 4) -> models.LoadedModel:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        num_hidden_layers=layers,
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=128,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = None
-    return models.from_model(model, TinyTokenizer(), name=f"tiny-llama-{seed}")
+    """core.tiny's random Llama with a 128-id character tokenizer, a 256-token context and no EOS."""
+    lm = tiny_model(seed, layers, tokenizer=TinyTokenizer(), vocab_size=128, max_positions=256,
+                    name=f"tiny-llama-{seed}")
+    lm.model.generation_config.eos_token_id = None
+    return lm
 
 
 @pytest.fixture(scope="session")

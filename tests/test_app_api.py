@@ -6,7 +6,6 @@ AppError carrying that text (and the page shows as a toast), never a stack trace
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -56,10 +55,7 @@ def is_heatmap(plot: object) -> bool:
 
 def test_every_endpoint_has_a_stable_name(url: str) -> None:
     names = set(client_for(url).view_api(print_info=False, return_format="dict")["named_endpoints"])
-    expected = {"/generate", "/inspect", "/head_triangle", "/budgets"}
-    if importlib.util.find_spec("app.shadow_tab"):
-        expected.add("/shadow_analyze")
-    assert expected <= names
+    assert {"/generate", "/inspect", "/head_triangle", "/budgets", "/shadow_analyze"} <= names
 
 
 def test_generate_streams_method_then_dense(visitor: tuple[Client, list[tuple]]) -> None:

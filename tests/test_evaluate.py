@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from core.budget import Budget
-from core.decode import forward_teacher
-from core.evaluate import CellCache, decode_forced, main, policy_digest, task_cells
+from core.decode import decode_forced, forward_teacher
+from core.eval.cache import CellCache, policy_digest
+from core.eval.cli import main
+from core.eval.measure import task_cells
 from core.models import LoadedModel
 from core.policies import make_policy
 from tests.conftest import tiny_llama
@@ -72,7 +74,7 @@ def test_cell_cache_resumes_from_disk(tmp_path) -> None:
 def test_policy_identity_ignores_per_sequence_state() -> None:
     policy = make_policy("h2o")
     before = policy_digest(policy)
-    policy.begin(3, Budget(ratio=0.2), prompt_len=17)
+    policy.reset()
     assert policy_digest(policy) == before
     assert policy_digest(make_policy("h2o", recent_share=0.25)) != before
 

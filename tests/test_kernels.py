@@ -1,5 +1,8 @@
 """Decode kernels: the plain-torch references in-process, the Triton kernels under TRITON_INTERPRET=1.
 
+Covers core.kernels (sparse and dense decode attention, what core.attention runs) and the experimental
+scoring / top-k kernels kept beside the GPU benchmark (benchmarks/experimental/scoring*.py).
+
 Triton reads TRITON_INTERPRET when a kernel is decorated, and other test modules may import torch (and with
 it triton) first, so the Triton checks run once in a subprocess (this file executed as a script with the
 variable set) that reports one JSON result per case; `test_triton_kernel[case]` asserts each.
@@ -14,6 +17,7 @@ the output: a few ulps). Scores are fp32 from exact products: 1e-5 in every dtyp
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.experimental import scoring
 from core import kernels
 from core.kernels import dense, reference
 
@@ -140,7 +145,7 @@ def test_gather_kv_masks_padding_and_lengths():
 
 def test_score_reference_is_group_max_with_lengths():
     x = make_inputs(dict(dtype="float32", b=2, hq=6, hkv=2, t=20, d=8, lengths=True))
-    scores = kernels.score_projected_keys(x["q"], x["k"], x["lengths"])
+    scores = scoring.score_projected_keys(x["q"], x["k"], x["lengths"])
     per_head = torch.einsum("bhd,bhtd->bht", x["q"], x["k"].repeat_interleave(3, dim=1))
     want = per_head.view(2, 2, 3, 20).amax(dim=2)
     for i, n in enumerate(x["lengths"].tolist()):
@@ -150,15 +155,15 @@ def test_score_reference_is_group_max_with_lengths():
 
 def test_select_topk_int_budget_keeps_last_and_sorts():
     scores = torch.tensor([[[5.0, 1.0, 4.0, 3.0, 0.5, 2.0]]])
-    assert kernels.select_topk(scores, 3).tolist() == [[[0, 2, 5]]]
-    assert kernels.select_topk(scores, 3, always_keep_last=False).tolist() == [[[0, 2, 3]]]
-    assert kernels.select_topk(scores, 10).tolist() == [[[0, 1, 2, 3, 4, 5]]]
+    assert scoring.select_topk(scores, 3).tolist() == [[[0, 2, 5]]]
+    assert scoring.select_topk(scores, 3, always_keep_last=False).tolist() == [[[0, 2, 3]]]
+    assert scoring.select_topk(scores, 10).tolist() == [[[0, 1, 2, 3, 4, 5]]]
 
 
 def test_select_topk_tensor_budgets_pad_and_skip_masked_positions():
     inf = float("-inf")
     scores = torch.tensor([[[1.0, 9.0, 8.0, 7.0, 0.0]], [[3.0, 2.0, 1.0, inf, inf]]])
-    out = kernels.select_topk(scores, torch.tensor([2, 4]))
+    out = scoring.select_topk(scores, torch.tensor([2, 4]))
     assert out.dtype == torch.int64
     assert out.tolist() == [[[1, 4, -1, -1]], [[0, 1, 2, -1]]]  # batch 1: last valid (2) kept, -inf never
 
@@ -184,12 +189,74 @@ def test_dense_backend_choice(monkeypatch):
         assert kernels.backend_name("dense") == "torch-reference"
 
 
+# ---------------------------------------------------------------- the GPU benchmark on CPU
+
+BENCH = ROOT / "benchmarks" / "bench_gpu_decode.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu_decode", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_bench(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+        timeout=120,
+    )
+
+
+def test_gpu_bench_help_works_on_cpu():
+    proc = run_bench("--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for flag in ("--model", "--contexts", "--budgets", "--kernel-contexts", "--random-sizes", "--out"):
+        assert flag in proc.stdout
+
+
+def test_gpu_bench_refuses_without_cuda(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = run_bench("--out", str(out), CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 2
+    assert "No CUDA device" in proc.stderr and "Nothing was measured" in proc.stderr
+    assert not out.exists()
+
+
+def test_gpu_bench_measures_through_core_on_cpu(tmp_path):
+    """The benchmark's measuring functions on CPU at toy sizes: every row measured, none failed."""
+    bench = load_bench()
+    cpu = torch.device("cpu")
+    bandwidth = bench.copy_bandwidth_gbs(cpu, 1 << 20, repeats=2)
+    time_us = bench.make_timer(cpu, iters=2, eager=True)
+    kernel_rows = bench.measure_kernels([64], [16, 64], time_us, bandwidth, (4, 2, 16), torch.float32, cpu)
+    assert [(r["kernel"], r["budget"]) for r in kernel_rows] == [("dense", None), ("sparse", 16), ("sparse", 64)]
+    assert all(r["us"] > 0 and r["bandwidth_fraction"] > 0 for r in kernel_rows)
+    assert bench.full_budget_check(64, (4, 2, 16), torch.float32, cpu) < 1e-5
+
+    sizes = bench.parse_sizes("layers=3,heads=4,kv_heads=2,head_dim=16,hidden=64,intermediate=128,vocab=128,"
+                              "max_context=256")
+    lm = bench.random_llama(sizes, cpu, torch.float32)
+    rows = bench.measure_decode(lm, bench.POLICIES, [48, 253], ["16"], steps=2, warmup=1)
+    measured = [r for r in rows if "ms_per_step" in r]
+    assert [r.get("error") for r in rows if "skipped" not in r] == [None] * len(bench.POLICIES)
+    assert [r["policy"] for r in measured] == bench.POLICIES and rows[-1]["context"] == 253 and "skipped" in rows[-1]
+    assert all(r["speedup"] > 0 for r in measured)
+    assert all(r["sparsity"] > 0 for r in measured if r["policy"] != "dense")
+    assert next(r for r in measured if r["policy"] == "tokenbutler")["predictor"].startswith("untrained")
+
+    out = tmp_path / "gpu.json"
+    bench.write(out, {"meta": {}, "kernels": kernel_rows, "models": [{"rows": rows}]})
+    assert set(json.loads(out.read_text())["goals"]) == {"whole_step_speedup", "sparse_kernel_bandwidth_fraction", "at"}
+
+
 # ---------------------------------------------------------------- Triton kernels (interpreted, subprocess)
 
 
 def check_case(spec: dict) -> float:
     """Run one case through the Triton kernel and its reference; raise on mismatch, return the max error."""
-    from core.kernels import scoring, sparse_attention
+    from benchmarks.experimental import scoring_kernel
+    from core.kernels import sparse_attention
 
     x = make_inputs(spec)
     dtype = getattr(torch, spec["dtype"])
@@ -206,14 +273,14 @@ def check_case(spec: dict) -> float:
         assert got.dtype == dtype
         torch.testing.assert_close(got, want, atol=tol, rtol=tol)
         return (got.float() - want.float()).abs().max().item()
-    got = scoring.score_projected_keys(q, k, lengths)
-    want = reference.score_projected_keys(q, k, lengths)
+    got = scoring_kernel.score_projected_keys(q, k, lengths)
+    want = scoring.reference_score_projected_keys(q, k, lengths)
     torch.testing.assert_close(got, want, atol=SCORE_TOL, rtol=SCORE_TOL)
     err = (got - want).nan_to_num(posinf=0.0, neginf=0.0).abs().max().item()
     if spec["kind"] == "step":
         budgets = torch.tensor([40, 7])
-        picked = reference.select_topk(got, budgets)
-        assert torch.equal(picked, reference.select_topk(want, budgets))
+        picked = scoring.select_topk(got, budgets)
+        assert torch.equal(picked, scoring.select_topk(want, budgets))
         out = sparse_attention.sparse_decode_attention(q, k, v, picked, scale, lengths)
         want_out = reference.sparse_decode_attention(q, k, v, picked, scale, lengths)
         torch.testing.assert_close(out, want_out, atol=tol, rtol=tol)

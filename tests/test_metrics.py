@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.budget import Budget
-from core.capture import capture_views, restrict_rows
+from core.capture import capture_views
 from core.metrics import (
     attention_recall,
     budget_curves,
@@ -22,6 +22,7 @@ from core.metrics import (
 from core.models import LoadedModel
 from core.policies import make_policy
 from core.policies.base import LayerView, Policy
+from core.policies.driver import replay
 from core.trace import LayerTrace, StepTrace
 from tests.conftest import tiny_llama
 
@@ -92,13 +93,13 @@ def test_layer_head_grid_from_a_trace() -> None:
     assert np.isnan(grid["recall"][2]).all()
 
 
-def test_restrict_rows_keeps_the_same_attention_rows(lm: LoadedModel) -> None:
+def test_view_rows_keep_the_same_attention_rows(lm: LoadedModel) -> None:
     views = capture_views(lm, torch.randint(0, 128, (40,)))
     assert sorted(views) == [0, 1, 2]
     assert views[1].query.shape == (1, 4, 40, 16) and views[1].key.shape == (1, 2, 40, 16)
     rows = torch.tensor([5, 39])
     full = views[1].true_probs()
-    restricted = restrict_rows(views[1], rows)
+    restricted = views[1].rows(rows)
     assert torch.equal(restricted.positions, rows)
     assert torch.allclose(restricted.true_probs(), full[:, :, rows])
 
@@ -107,10 +108,7 @@ class _CountingPolicy(Policy):
     """Counts forward calls through a hook, to see that capture_views attaches and then removes it."""
 
     name = "counting-test"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
+    calls = 0
 
     def attach(self, model: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
         def hook(module, args) -> None:
@@ -133,12 +131,10 @@ def test_stacked_stateful_replay_matches_layer_by_layer(lm: LoadedModel) -> None
     rows = row_indices(6, 48, prompt_len)
     policy = make_policy("h2o")
     stats = selection_metrics(views, {"h2o": policy}, [budget], rows, prompt_len)["h2o"].budgets[budget.label]
-    keeps = torch.tensor([p + 1 if p < prompt_len else budget.keep(p + 1) for p in range(48)])
     for layer in (1, 2):
-        policy.begin(3, budget, prompt_len)
         view = views[layer]
         fresh = LayerView(layer, view.query, view.key, view.scale, view.positions)
-        kept = policy.select_rows(fresh, keeps)[:, :, rows]
+        kept = replay(policy, fresh, budget, prompt_len)[:, :, rows]
         expected = attention_recall(kept, view.true_probs()[:, :, rows], view.group).mean(dim=(0, 2))
         assert np.allclose(stats.recall[layer], expected.numpy(), atol=1e-6)
 

@@ -191,11 +191,20 @@ def test_cli_turns_a_bad_sparsity_into_a_clear_error(capsys):
     assert "error: The sparsity must be a number in [0, 1)" in capsys.readouterr().err
 
 
-def test_the_page_handler_draws_every_figure(tiny_lm, trained):
-    from app.shadow_tab import analyze_handler
+def _page_handler(tiny_lm, predictor):
+    """The tab's handler on the tiny model, and the components it writes (summary first, then four figures)."""
+    import gradio as gr
 
-    handler = analyze_handler(lambda: tiny_lm, lambda lm: trained[1])
-    summary, *figures = handler("The quick brown fox jumps over the lazy dog.", 0.5, 0.0, "global")
+    from app.shadow_handlers import ShadowViews, analyze_handler
+
+    views = ShadowViews(gr.Markdown(), gr.Plot(), gr.Plot(), gr.Plot(), gr.Plot())
+    return analyze_handler(views, lambda: tiny_lm, lambda lm: predictor), views.outputs
+
+
+def test_the_page_handler_draws_every_figure(tiny_lm, trained):
+    handler, outputs = _page_handler(tiny_lm, trained[1])
+    updates = handler("The quick brown fox jumps over the lazy dog.", 0.5, 0.0, "global")
+    summary, *figures = (updates[component] for component in outputs)
     assert "perplexity" in summary.lower() and len(figures) == 4
     assert all(fig.data for fig in figures)
 
@@ -213,8 +222,7 @@ def test_shipped_predictor_ranks_heads_on_the_real_model(smol):
 def test_the_tab_registers_its_endpoint_on_the_model_queue(tiny_lm):
     import gradio as gr
 
-    from app.shadow_tab import build_shadow_tab
-    from app.ui import MODEL_QUEUE
+    from app.ui import MODEL_QUEUE, build_shadow_tab
 
     with gr.Blocks() as demo:
         build_shadow_tab(lambda: tiny_lm)
@@ -225,10 +233,10 @@ def test_the_tab_registers_its_endpoint_on_the_model_queue(tiny_lm):
 def test_the_page_reports_bad_input_as_a_message_not_a_trace(tiny_lm, trained, monkeypatch):
     import gradio as gr
 
-    from app import shadow_tab
+    from app import shadow_handlers
 
-    monkeypatch.setattr(shadow_tab, "MAX_PROMPT_TOKENS", 20)
-    handler = shadow_tab.analyze_handler(lambda: tiny_lm, lambda lm: trained[1])
+    monkeypatch.setattr(shadow_handlers, "MAX_PROMPT_TOKENS", 20)
+    handler, _ = _page_handler(tiny_lm, trained[1])
     with pytest.raises(gr.Error, match="empty"):
         handler("  ", 0.5, 0.0, "global")
     with pytest.raises(gr.Error, match="at most 20"):

@@ -1,9 +1,10 @@
 """Decode kernels for query-aware KV-cache sparsity: the public API and its device dispatch.
 
 At each decode step every KV head reads only its selected past tokens; the cache itself stays whole.
-CUDA tensors go to the Triton kernels (`sparse_attention`, `scoring`), everything else to the plain-torch
-references in `reference`, which are the CPU production path too. `select_topk` is torch on every device
-(torch.topk is already a radix select on CUDA). Dense attention lives in `dense`. See docs/kernels.md.
+CUDA tensors go to the Triton kernel (`sparse_attention`), everything else to the plain-torch reference
+in `reference`, which is the CPU production path too. Dense attention lives in `dense`. These are what
+core.attention runs; the experimental scoring / top-k kernels live in benchmarks/experimental/. See
+docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import torch
 
 from core.kernels import reference
 from core.kernels.dense import dense_backend, dense_decode_attention
-from core.kernels.reference import gather_kv, select_topk
+from core.kernels.reference import gather_kv
 
 __all__ = [
     "backend_name",
     "dense_decode_attention",
     "gather_kv",
-    "score_projected_keys",
-    "select_topk",
     "sparse_decode_attention",
 ]
 
@@ -53,18 +52,6 @@ def sparse_decode_attention(
 
         return sparse_attention.sparse_decode_attention(q, k_cache, v_cache, indices, scale, lengths)
     return reference.sparse_decode_attention(q, k_cache, v_cache, indices, scale, lengths)
-
-
-def score_projected_keys(
-    q_proj: torch.Tensor, k_proj: torch.Tensor, lengths: torch.Tensor | None = None
-) -> torch.Tensor:
-    """q_proj [B, Hq, d], k_proj [B, Hkv, T, d] -> [B, Hkv, T] fp32: max over the GQA group's query heads of
-    q.k; positions >= lengths[b] get -inf."""
-    if _on_triton(k_proj):
-        from core.kernels import scoring
-
-        return scoring.score_projected_keys(q_proj, k_proj, lengths)
-    return reference.score_projected_keys(q_proj, k_proj, lengths)
 
 
 def backend_name(kind: Literal["sparse", "dense"] = "sparse") -> str:

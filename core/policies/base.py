@@ -5,37 +5,38 @@ per query head would read up to `group` times more rows and save no bandwidth. P
 tokens per query head (what the page draws) and `pool` them over the group (max by default: a row
 needed by any head of the group is kept).
 
-Two execution modes share each policy:
-- decode: dense prefill (`observe_prefill`), then one query per step (`select` -> indices to gather);
-- teacher: one pass over a whole sequence (`select_rows` -> a keep mask per row).
-A stateless policy implements only `head_scores`; both modes then agree by construction.
+A policy is a dataclass whose fields are its options, and it is one of two kinds:
+- a scorer (stateless) implements `scores`: importance of every past token to every query row;
+- a recurrence (stateful) implements `prefill` (state from the dense prefill) and `step` (one decode
+  step's choice and state update), written once: `core.policies.driver` replays it for teacher forcing.
+Which kind a policy is follows from what it implements (`stateless`), never from a flag.
 """
 
 from __future__ import annotations
 
-from abc import ABC
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 
-from core.budget import Budget
-
-CURRENT_TIER = 1e30
-SINK_TIER = 1e29
-RECENT_TIER = 1e28
+from core.spec import FIRST_SPARSE_LAYER
 
 
 @dataclass
 class LayerView:
-    """What a policy sees at one layer: post-RoPE queries for some rows and the whole key cache."""
+    """What a policy sees at one layer: post-RoPE queries for some rows and the key cache they read.
+
+    `logits` / `probs` hold the true attention once computed (`true_logits`, `true_probs`), so that the
+    restricted views a driver or a metric cuts from this one reuse it instead of recomputing it.
+    """
 
     layer: int
     query: torch.Tensor  # [B, Hq, Q, D]
     key: torch.Tensor  # [B, Hkv, T, D]
     scale: float
     positions: torch.Tensor  # [Q] absolute position of each query row; row q reads keys <= positions[q]
-    extras: dict = field(default_factory=dict)
+    logits: torch.Tensor | None = field(default=None, repr=False)  # [B, Hq, Q, T] once computed
+    probs: torch.Tensor | None = field(default=None, repr=False)  # [B, Hq, Q, T] once computed
 
     @property
     def group(self) -> int:
@@ -52,17 +53,27 @@ class LayerView:
 
     def true_logits(self) -> torch.Tensor:
         """[B, Hq, Q, T] fp32 pre-softmax scores of the real queries, -inf beyond each row's past."""
-        if "logits" not in self.extras:
+        if self.logits is None:
             key = self.key.repeat_interleave(self.group, dim=1)
             logits = torch.matmul(self.query.float(), key.float().transpose(-1, -2)) * self.scale
-            self.extras["logits"] = logits.masked_fill(~self.causal(), float("-inf"))
-        return self.extras["logits"]
+            self.logits = logits.masked_fill(~self.causal(), float("-inf"))
+        return self.logits
 
     def true_probs(self) -> torch.Tensor:
         """[B, Hq, Q, T] the dense attention each query would pay."""
-        if "probs" not in self.extras:
-            self.extras["probs"] = torch.softmax(self.true_logits(), dim=-1)
-        return self.extras["probs"]
+        if self.probs is None:
+            self.probs = torch.softmax(self.true_logits(), dim=-1)
+        return self.probs
+
+    def rows(self, index: torch.Tensor | slice, context: int | None = None) -> LayerView:
+        """The same layer seen from some query rows (and the first `context` keys); cached attention is sliced."""
+        context = self.context if context is None else context
+
+        def cut(table: torch.Tensor | None) -> torch.Tensor | None:
+            return None if table is None else table[:, :, index, :context]
+
+        return LayerView(self.layer, self.query[:, :, index], self.key[:, :, :context], self.scale,
+                         self.positions[index], cut(self.logits), cut(self.probs))
 
 
 def pool_group(scores: torch.Tensor, group: int, how: str = "max") -> torch.Tensor:
@@ -75,8 +86,8 @@ def pool_group(scores: torch.Tensor, group: int, how: str = "max") -> torch.Tens
 def topk_sorted(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` best scores along the last dim, ascending (cache order).
 
-    Ties go to the earlier token, exactly as in `rank_mask`, so decoding and teacher forcing agree
-    even for page-constant scores (Quest). The fast top-k is used unless a tie straddles the cut."""
+    Ties go to the earlier token, exactly as in `descending_ranks`, so decoding and teacher forcing
+    agree even for page-constant scores (Quest). The fast top-k is used unless a tie straddles the cut."""
     top = scores.topk(keep, dim=-1)
     cut = top.values[..., -1:]
     if bool(((scores == cut).sum(-1) == (top.values == cut).sum(-1)).all()):
@@ -94,26 +105,25 @@ def descending_ranks(values: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, places)
 
 
-def rank_mask(scores: torch.Tensor, keeps: torch.Tensor) -> torch.Tensor:
-    """[..., Q, T] bool: True for the keeps[q] best entries of each row."""
-    return descending_ranks(scores) < keeps.to(scores.device)[:, None]
+@dataclass(eq=False)
+class Policy:
+    """A token-selection method: set `name`, then implement `scores` (scorer) or `prefill` + `step` (recurrence).
 
-
-class Policy(ABC):
-    """A token-selection method. Subclasses set `name` and override `head_scores` (stateless) or the hooks."""
+    `sinks` and `recent` are the protected tokens of a scorer (the first tokens and the newest ones,
+    counted in the budget); the current token is always read.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    stateless: ClassVar[bool] = True
     pool: ClassVar[str] = "max"
-    first_sparse_layer: ClassVar[int] = 1
+    first_sparse_layer: ClassVar[int] = FIRST_SPARSE_LAYER
 
-    def __init__(self, sinks: int = 0, recent: int = 0, seed: int = 0) -> None:
-        self.sinks = sinks
-        self.recent = recent
-        self.seed = seed
-        self.budget = Budget.dense()
-        self.prompt_len = 0
+    sinks: int = 0
+    recent: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """The policy's options (its dataclass fields): what identifies it beside its name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     @classmethod
     def available(cls) -> bool:
@@ -124,66 +134,31 @@ class Policy(ABC):
     def is_dense(self) -> bool:
         return False
 
+    @property
+    def stateless(self) -> bool:
+        """A scorer (no recurrence): derived from whether the policy implements `step`."""
+        return type(self).step is Policy.step
+
     def is_sparse_layer(self, layer: int) -> bool:
         return not self.is_dense and layer >= self.first_sparse_layer
 
-    def begin(self, num_layers: int, budget: Budget, prompt_len: int) -> None:
-        """Start a new sequence: forget all per-sequence state."""
-        self.budget = budget
-        self.prompt_len = prompt_len
+    def reset(self) -> None:
+        """Start a new sequence: forget any per-sequence cache (a recurrence's state lives with its caller)."""
 
     def attach(self, model: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
         """Register the forward hooks a policy needs (a predictor reading hidden states); none by default."""
         return []
 
-    def head_scores(self, view: LayerView) -> torch.Tensor:
-        """[B, Hq, Q, T] importance of each past token to each query head (higher = keep)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement head_scores or override select/select_rows")
+    def scores(self, view: LayerView) -> torch.Tensor:
+        """Scorer: [B, Hq, Q, T] importance of each past token to each query row and head (higher = keep)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither scores nor prefill/step")
 
-    def kv_scores(self, view: LayerView) -> torch.Tensor:
-        """[B, Hkv, Q, T]: pooled head scores with protected tokens lifted and the future excluded."""
-        scores = self.head_scores(view)
-        view.extras["head_scores"] = scores
-        pooled = pool_group(scores.float(), view.group, self.pool)
-        return self.protect(pooled, view)
+    def prefill(self, view: LayerView, keep: int) -> Any:
+        """Recurrence: the state after the dense prefill `view` (all prompt rows), `keep` tokens to keep after it."""
+        raise NotImplementedError(f"{type(self).__name__} is a scorer: it has no recurrence")
 
-    def protect(self, scores: torch.Tensor, view: LayerView) -> torch.Tensor:
-        """Lift the current token, then sinks, then recent tokens above any score; mask the future."""
-        if scores.shape[-2] == 1 and int(view.positions[-1]) == view.context - 1:
-            return self._protect_last_row(scores)
-        cols = torch.arange(view.context, device=scores.device)[None, :]
-        pos = view.positions[:, None]
-        lifted = scores.clone()
-        if self.recent:
-            recent = (pos - cols < self.recent) & (cols <= pos)
-            lifted = torch.where(recent, RECENT_TIER + cols.float(), lifted)
-        if self.sinks:
-            lifted = torch.where(cols < self.sinks, torch.full_like(lifted, SINK_TIER), lifted)
-        lifted = torch.where(cols == pos, torch.full_like(lifted, CURRENT_TIER), lifted)
-        return lifted.masked_fill(~view.causal(), float("-inf"))
+    def step(self, state: Any, view: LayerView, keep: int) -> torch.Tensor:
+        """Recurrence: one decode step (one query row, the newest token): [B, Hkv, T] bool kept rows,
+        the same number for every head; `state` is updated in place."""
+        raise NotImplementedError(f"{type(self).__name__} is a scorer: it has no recurrence")
 
-    def _protect_last_row(self, scores: torch.Tensor) -> torch.Tensor:
-        """`protect` for a decode step (one query, the newest token, no future): slices instead of masks."""
-        lifted = scores.clone()
-        t = scores.shape[-1]
-        if self.recent:
-            first = max(0, t - self.recent)
-            lifted[..., first:] = RECENT_TIER + torch.arange(first, t, device=scores.device, dtype=scores.dtype)
-        if self.sinks:
-            lifted[..., : self.sinks] = SINK_TIER
-        lifted[..., -1] = CURRENT_TIER
-        return lifted
-
-    def observe_prefill(self, view: LayerView) -> None:
-        """See the dense prefill of a layer (stateful policies build their state here)."""
-
-    def select(self, view: LayerView, keep: int) -> torch.Tensor:
-        """Decode step (one query row): [B, Hkv, keep] token indices, ascending."""
-        return topk_sorted(self.kv_scores(view)[:, :, -1, :], keep)
-
-    def observe_step(self, view: LayerView, indices: torch.Tensor) -> None:
-        """See which rows a decode step read (H2O accumulates attention here)."""
-
-    def select_rows(self, view: LayerView, keeps: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced: [B, Hkv, Q, T] bool keep mask, row q keeping keeps[q] tokens."""
-        return rank_mask(self.kv_scores(view), keeps)

@@ -4,15 +4,18 @@ It needs the full q.K product, so it saves nothing; it is the ceiling every pred
 Pooling is the group mean of probabilities: that maximises the attention mass the group keeps.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from core.policies.base import LayerView, Policy
 
 
+@dataclass(eq=False)
 class OraclePolicy(Policy):
     name = "oracle"
     description = "True attention of the current query (ceiling; needs the full q.K product)."
     pool = "mean"
 
-    def head_scores(self, view: LayerView) -> torch.Tensor:
+    def scores(self, view: LayerView) -> torch.Tensor:
         return view.true_probs()

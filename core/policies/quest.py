@@ -6,6 +6,8 @@ keys' q.k; the top pages are read. Pages only ever contain keys the row may see 
 page uses the running bounds up to the current token). The first two layers stay dense (as in Quest).
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from core.policies.base import LayerView, Policy
@@ -18,16 +20,15 @@ def page_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> 
     )
 
 
+@dataclass(eq=False)
 class QuestPolicy(Policy):
     name = "quest"
     description = "Pages of 16 keys scored by a sign-aware upper bound (Quest); first two layers dense."
     first_sparse_layer = 2
 
-    def __init__(self, sinks: int = 0, recent: int = 0, seed: int = 0, page_size: int = 16) -> None:
-        super().__init__(sinks=sinks, recent=recent, seed=seed)
-        self.page_size = page_size
+    page_size: int = 16
 
-    def head_scores(self, view: LayerView) -> torch.Tensor:
+    def scores(self, view: LayerView) -> torch.Tensor:
         key = view.key.float()
         b, hkv, t, d = key.shape
         ps = self.page_size

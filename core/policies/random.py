@@ -4,6 +4,8 @@ Scores come from an integer hash of (seed, layer, query position, head, token) s
 the same draw in decode and teacher-forced mode, with no generator state to carry.
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from core.policies.base import LayerView, Policy
@@ -21,11 +23,14 @@ def hashed_uniform(*coords: torch.Tensor) -> torch.Tensor:
     return (h & 0xFFFFFF).float() / float(1 << 24)
 
 
+@dataclass(eq=False)
 class RandomPolicy(Policy):
     name = "random"
     description = "Uniformly random past tokens per KV head (seeded floor)."
 
-    def head_scores(self, view: LayerView) -> torch.Tensor:
+    seed: int = 0
+
+    def scores(self, view: LayerView) -> torch.Tensor:
         b, hq, q, _ = view.query.shape
         heads = torch.arange(hq)[:, None, None] // view.group
         rows = view.positions.cpu()[None, :, None]

@@ -8,6 +8,8 @@ compresses prefill only), so its achieved sparsity falls as generation goes on a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from core.policies.base import LayerView, Policy, pool_group
@@ -31,44 +33,21 @@ def compress_prompt(probs_window: torch.Tensor, keep: int, group: int, kernel: i
     return kept
 
 
+@dataclass(eq=False)
 class SnapKVPolicy(Policy):
     name = "snapkv"
     description = "Prompt compressed once by its last 32 queries' pooled attention (SnapKV); generated tokens kept."
-    stateless = False
 
-    def __init__(self, sinks: int = 0, recent: int = 0, seed: int = 0, window: int = 32, kernel: int = 7) -> None:
-        super().__init__(sinks=sinks, recent=recent, seed=seed)
-        self.window = window
-        self.kernel = kernel
-        self.kept_prompt: dict[int, torch.Tensor] = {}
+    sinks: int = field(default=0, init=False)  # SnapKV keeps its observation window, not sinks
+    recent: int = field(default=0, init=False)
+    window: int = 32
+    kernel: int = 7
 
-    def begin(self, num_layers, budget, prompt_len) -> None:
-        super().begin(num_layers, budget, prompt_len)
-        self.kept_prompt = {}
+    def prefill(self, view: LayerView, keep: int) -> torch.Tensor:
+        """[B, Hkv, P] the prompt tokens kept for the rest of the sequence."""
+        w = min(self.window, view.context)
+        return compress_prompt(view.true_probs()[:, :, view.context - w :], keep, view.group, self.kernel)
 
-    def _compress(self, view: LayerView, prompt: int) -> torch.Tensor:
-        w = min(self.window, prompt)
-        probs = view.true_probs()
-        rows = (view.positions >= prompt - w) & (view.positions < prompt)
-        window_probs = probs[:, :, rows, :prompt]
-        return compress_prompt(window_probs, self.budget.keep(prompt), view.group, self.kernel)
-
-    def observe_prefill(self, view: LayerView) -> None:
-        self.kept_prompt[view.layer] = self._compress(view, view.context)
-
-    def select(self, view: LayerView, keep: int) -> torch.Tensor:
-        kept_prompt = self.kept_prompt[view.layer]
-        generated = kept_prompt.new_ones(*kept_prompt.shape[:2], view.context - kept_prompt.shape[-1])
-        kept = torch.cat([kept_prompt, generated], dim=-1)
-        return kept.float().topk(int(kept[0, 0].sum()), dim=-1).indices.sort(dim=-1).values
-
-    def select_rows(self, view: LayerView, keeps: torch.Tensor) -> torch.Tensor:
-        b, hkv = view.key.shape[:2]
-        masks = view.causal()[None, None].expand(b, hkv, -1, -1).clone()
-        prompt = int(min(self.prompt_len, view.context))
-        if prompt == 0:
-            return masks
-        kept_prompt = self._compress(view, prompt)
-        late = view.positions >= prompt
-        masks[:, :, late, :prompt] = kept_prompt[:, :, None, :]
-        return masks
+    def step(self, state: torch.Tensor, view: LayerView, keep: int) -> torch.Tensor:
+        generated = state.new_ones(*state.shape[:2], view.context - state.shape[-1])
+        return torch.cat([state, generated], dim=-1)

@@ -2,21 +2,22 @@
 
 Forward pre-hooks on the producer layers' attention read the normed hidden state (and RoPE cos/sin)
 of the tokens being processed and store each predicted layer's importance queries; the attention
-function then asks `head_scores`, which scores the cached keys' calibrated channels. Nothing is
+function then asks `scores`, which scores the cached keys' calibrated channels. Nothing is
 evicted: a token dropped at one step can be read again when a later query needs it.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError
-from core.models import weights_fingerprint
 from core.policies.base import LayerView, Policy
 from core.predictor import DEFAULT_DIR, Predictor
+from core.spec import weights_fingerprint
 
 
 @functools.lru_cache(maxsize=1)
@@ -25,28 +26,23 @@ def shipped_predictor() -> Predictor:
     return Predictor.load(DEFAULT_DIR)
 
 
+@dataclass(eq=False)
 class TokenButlerPolicy(Policy):
     name = "tokenbutler"
     description = "Learned per-head, per-step importance predictor (TokenButler); cache kept whole."
 
-    def __init__(
-        self,
-        sinks: int = 4,
-        recent: int = 4,
-        seed: int = 0,
-        predictor: Predictor | str | Path | None = None,
-    ) -> None:
-        super().__init__(sinks=sinks, recent=recent, seed=seed)
-        if isinstance(predictor, Predictor):
-            self.predictor = predictor
-        else:
-            self.predictor = shipped_predictor() if predictor is None else Predictor.load(predictor)
-        self.pred_queries: dict[int, tuple[int, torch.Tensor]] = {}
-        self.key_cache: dict[int, ProjectedKeys] = {}
-        self._checked: set[int] = set()
+    sinks: int = 4
+    recent: int = 4
+    predictor: Predictor | str | Path | None = None  # None: the shipped predictor; a path: one trained there
+    pred_queries: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
+    key_cache: dict[int, ProjectedKeys] = field(default_factory=dict, init=False, repr=False)
+    _checked: set[int] = field(default_factory=set, init=False, repr=False)
 
-    def begin(self, num_layers, budget, prompt_len) -> None:
-        super().begin(num_layers, budget, prompt_len)
+    def __post_init__(self) -> None:
+        if not isinstance(self.predictor, Predictor):
+            self.predictor = shipped_predictor() if self.predictor is None else Predictor.load(self.predictor)
+
+    def reset(self) -> None:
         self.pred_queries = {}
         self.key_cache = {}
 
@@ -89,7 +85,7 @@ class TokenButlerPolicy(Policy):
             for p in self.predictor.config.producer_layers
         ]
 
-    def head_scores(self, view: LayerView) -> torch.Tensor:
+    def scores(self, view: LayerView) -> torch.Tensor:
         start, queries = self.pred_queries[view.layer]
         rows = (view.positions - start).to(queries.device)
         keys = self.key_cache.setdefault(view.layer, ProjectedKeys()).update(self.predictor, view.layer, view.key)

@@ -15,11 +15,12 @@ import torch
 from core.decode import PromptError, encode_prompt
 from core.models import LoadedModel
 from core.shadow.importance import UnitScores, capture
-from core.shadow.masking import FIRST_SPARSE_LAYER, Setting, ShadowMask, check_scope, check_sparsity, choose_mask
+from core.shadow.masking import Setting, ShadowMask, check_scope, check_sparsity, choose_mask
 from core.shadow.methods import criteria_for, method_scores
 from core.shadow.predictor import ShadowPredictor
 from core.shadow.ranking import layer_spearman, overall_spearman, rank_agreement
 from core.shadow.sweep import masked_nll, perplexity
+from core.spec import FIRST_SPARSE_LAYER
 
 SHOWN = ("predicted", "plainact", "static")  # drawn as heatmaps and compared with the static mask
 CURVE_METHODS = ("predicted", "plainact", "magnitude", "static")

@@ -1,4 +1,4 @@
-"""`python -m core shadow-train` and `python -m core shadow-evaluate` (core.cli adds them when this module exists)."""
+"""`python -m core shadow-train` and `python -m core shadow-evaluate` (core.cli registers them)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import time
 from dataclasses import asdict
 
-from core.cli import add_model_args, split_csv
+from core.args import add_model_args, split_csv
+from core.models import load
 from core.shadow.dataset import CACHE_DIR, cached_targets, training_prompts
 from core.shadow.evaluate import ShadowEvalConfig, heldout_windows, run_shadow_evaluation
 from core.shadow.importance import GRADIENT_CRITERIA, POOLS
@@ -19,18 +20,15 @@ TRAIN_LENGTHS = "32,64,96,128,160,192"
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part.strip())
+    return tuple(int(part) for part in split_csv(text))
 
 
 def _floats(text: str) -> tuple[float, ...]:
     """'25%,0.5' -> (0.25, 0.5)."""
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    return tuple(float(p.rstrip("%")) / (100 if p.endswith("%") else 1) for p in parts)
+    return tuple(float(p.rstrip("%")) / (100 if p.endswith("%") else 1) for p in split_csv(text))
 
 
 def cmd_shadow_train(args: argparse.Namespace) -> int:
-    from core.models import load
-
     started = time.perf_counter()
     lm = load(args.model, args.device, args.dtype)
     prompts = training_prompts(lm, args.prompts, args.lengths, args.seed)
@@ -59,8 +57,6 @@ def cmd_shadow_train(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow_evaluate(args: argparse.Namespace) -> int:
-    from core.models import load
-
     config = ShadowEvalConfig(model=args.model, predictor=args.predictor, windows=args.windows,
                               window_len=args.window_len, prompt_len=args.prompt_len, sparsities=args.sparsities,
                               methods=args.methods, seed=args.seed, out=args.out)

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.data import token_chunks
-from core.evaluate import digest
+from core.eval.cache import digest
 from core.models import LoadedModel
 from core.shadow.importance import UnitScores, capture
 

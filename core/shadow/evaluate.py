@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 from core.data import token_chunks
 from core.models import DEFAULT_MODEL, LoadedModel
 from core.shadow.importance import capture
-from core.shadow.masking import FIRST_SPARSE_LAYER, Setting, ShadowMask, check_sparsity
+from core.shadow.masking import Setting, ShadowMask, check_sparsity
 from core.shadow.methods import METHODS, check_methods, criteria_for, method_scores
 from core.shadow.predictor import DEFAULT_DIR, ShadowPredictor
 from core.shadow.ranking import layer_spearman, rank_agreement
 from core.shadow.sweep import masked_nll, perplexity
+from core.spec import FIRST_SPARSE_LAYER
 
 UNITS = ("heads", "neurons")
 

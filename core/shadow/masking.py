@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from core.metrics import top_mask
-from core.models import LoadedModel, ModelSpec
+from core.models import LoadedModel
 from core.shadow.importance import UnitScores, decoder_layers
+from core.spec import FIRST_SPARSE_LAYER, ModelSpec
 
 SCOPES = ("global", "layer")
-FIRST_SPARSE_LAYER = 1
 
 
 class SparsityError(ValueError):

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_weights, read_config, save_network
-from core.models import ModelSpec, parameter_count
 from core.shadow.importance import POOLS, UnitScores
+from core.spec import ModelSpec, parameter_count
 
 WEIGHTS_FILE = "shadow.safetensors"
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "shadow"

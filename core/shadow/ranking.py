@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from core.shadow.importance import UnitScores
-from core.shadow.masking import FIRST_SPARSE_LAYER
+from core.spec import FIRST_SPARSE_LAYER
 
 
 def _centered_ranks(x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {"predicted": "#2ca02c", "plainact": "#444444", "fisher": "#9467bd", "magnitude": "#d62728",
-          "static": "#1f77b4", "random": "#ff7f0e"}
+from core.palette import color
+
 METHOD_NOTES = {
     "predicted": "ShadowLLM predictor, from layer 0's output over the prompt ({pool} pooling)",
     "plainact": "true plainact of the prompt (oracle: forward + backward)",
@@ -81,13 +81,13 @@ def figure(doc: dict) -> go.Figure:
         for method, levels in ppl["global"][unit].items():
             xs = [0.0] + [100 * float(k) for k in levels]
             fig.add_scatter(x=xs, y=[ppl["dense"], *levels.values()], name=method, legendgroup=method,
-                            showlegend=col == 1, mode="lines+markers", line={"color": COLORS[method]}, row=1, col=col)
+                            showlegend=col == 1, mode="lines+markers", line={"color": color(method)}, row=1, col=col)
         fig.update_xaxes(title_text="sparsity (%) of layers >= 1", row=1, col=col)
         fig.update_yaxes(title_text="perplexity", type="log", row=1, col=col)
         for method, units in by_layer.items():
             layers = list(range(doc["protocol"]["first_sparse_layer"], doc["model"]["num_layers"]))
             fig.add_scatter(x=layers, y=units[unit], name=method, legendgroup=method, showlegend=False,
-                            mode="lines+markers", line={"color": COLORS[method]}, row=2, col=col)
+                            mode="lines+markers", line={"color": color(method)}, row=2, col=col)
         fig.update_xaxes(title_text="layer", row=2, col=col)
     fig.update_layout(title=f"ShadowLLM on {doc['model']['name']}", template="plotly_white", height=760, width=1100)
     return fig

@@ -1,11 +1,14 @@
-"""Triton scoring for the predictor: q'.k' for every past token, max-pooled over the GQA group, in one pass.
+"""Experimental Triton scoring: q'.k' for every past token, max-pooled over the GQA group, in one pass.
+
+Not used by core (TokenButler scores with core.predictor in plain torch); its torch reference and the
+device dispatch are in `benchmarks.experimental.scoring`, its CPU tests in tests/test_kernels.py.
 
 Grid (B * Hkv, T / BLOCK_T): each program reads one tile of one KV head's projected keys (d = 16 values
 per token, 1/8 of the bytes of K alone at head dim 128) and dots it with all of the group's projected
 queries at once (a [16, d] x [d, BLOCK_T] tl.dot, group padded to 16 rows), then keeps the max over the
 group. The fusion means the [B, Hq, T] per-query-head scores never reach memory: only [B, Hkv, T] fp32
 is written, and the tiles split a long context over every SM like split-K decoding. Top-k stays with
-torch.topk (a multi-block radix select on CUDA), see core.kernels.reference.select_topk.
+torch.topk (a multi-block radix select on CUDA), see benchmarks.experimental.scoring.select_topk.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ def _score_kernel(
 def score_projected_keys(
     q_proj: torch.Tensor, k_proj: torch.Tensor, lengths: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Triton path of core.kernels.score_projected_keys: [B, Hq, d] x [B, Hkv, T, d] -> [B, Hkv, T] fp32.
+    """Triton path of benchmarks.experimental.scoring.score_projected_keys.
+
+    [B, Hq, d] x [B, Hkv, T, d] -> [B, Hkv, T] fp32.
 
     q_proj is rounded to k_proj's dtype for the tensor-core dot; products accumulate in fp32.
     """

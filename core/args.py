@@ -1,0 +1,18 @@
+"""Flag helpers every subcommand shares (below core.cli, core.eval.cli and core.shadow.cli)."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.models import DEFAULT_MODEL
+
+
+def split_csv(text: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'): the one parser of the subcommands' comma lists."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded default, a hub id, a local folder or .gguf")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when present)")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on CUDA)")

@@ -1,0 +1,56 @@
+"""Finished cells on disk, and the digests that key them (data, policy options, weights)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from core.policies import Policy
+
+Key = tuple[str, ...]
+
+
+@dataclass
+class CellCache:
+    """Finished cells as JSON lines (append-only, so an interrupted run loses at most the cell in flight)."""
+
+    path: Path
+    cells: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.cells[record["key"]] = record["value"]
+
+    def get(self, key: Key) -> dict | None:
+        return self.cells.get("|".join(key))
+
+    def put(self, key: Key, value: dict) -> None:
+        joined = "|".join(key)
+        self.cells[joined] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"key": joined, "value": value}) + "\n")
+
+
+def digest(*parts: object) -> str:
+    """Short stable hash of tensors and plain values (the identity of a cell's data)."""
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.cpu().numpy().tobytes() if isinstance(part, torch.Tensor) else repr(part).encode())
+    return h.hexdigest()[:12]
+
+
+def policy_digest(policy: Policy) -> str:
+    """A policy's identity: its name, options and the weights of any module among them (a predictor)."""
+    options = policy.options()
+    weights = [p.detach().flatten()[:4096].float() for m in options.values() if isinstance(m, torch.nn.Module)
+               for p in m.parameters()]
+    plain = {n: v for n, v in options.items() if not isinstance(v, torch.nn.Module)}
+    return digest(policy.name, plain, *weights)

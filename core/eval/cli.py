@@ -1,0 +1,78 @@
+"""`python -m core evaluate ...` and `python -m core.eval ...`: flags derived from EvalConfig."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import core.eval
+from core.args import split_csv
+from core.eval.config import FULL_GRID, EvalConfig
+from core.eval.figures import write_outputs
+from core.eval.report import markdown_report
+from core.eval.stages import run_evaluation
+from core.models import DEFAULT_MODEL
+from core.tiny import QUICK_MODEL
+
+DESCRIPTION = core.eval.__doc__  # the package's account of what it measures
+
+FLAGS = (  # EvalConfig field, type, help (defaults come from EvalConfig, or its quick variant with --quick)
+    ("budgets", split_csv,
+     f"comma list of kept ratios (50%, 0.5) and token counts (64); full grid: {','.join(FULL_GRID)}"),
+    ("chunks", int, "held-out chunks"),
+    ("chunk_len", int, "tokens per chunk"),
+    ("dense_prefix", int, "dense tokens at the start of each chunk (the loss counts after them)"),
+    ("metric_rows", int, "query rows per chunk scored for hit accuracy and recall"),
+    ("decode_chunks", int, "chunks also run by real token-by-token decoding"),
+    ("decode_len", int, "tokens of each really decoded chunk"),
+    ("decode_budgets", split_csv, "budgets of the real-decoding check"),
+    ("samples", int, "samples per task"),
+    ("tasks", split_csv, "comma list from coref,entities"),
+    ("task_budgets", split_csv, "budgets of the tasks (empty: --budgets)"),
+    ("seed", int, "data and task seed"),
+    ("out", str, "results folder"),
+    ("cache_dir", str, "finished-cell cache folder"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    defaults = EvalConfig()
+    parser.add_argument("--model", default=None, help=f"model source (default {DEFAULT_MODEL}; --quick: tiny random)")
+    parser.add_argument("--policies", type=split_csv, default=(), help="comma list (default: every registered policy)")
+    for name, kind, text in FLAGS:
+        default = getattr(defaults, name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                            help=f"{text} (default {shown})".replace("%", "%%"))  # argparse formats help with %
+    parser.add_argument("--quick", action="store_true", help="a tiny random model and a few short chunks (< 1 min)")
+    parser.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """Flags given override the defaults (or the quick defaults with --quick)."""
+    given = {name: getattr(args, name) for name, _, _ in FLAGS if getattr(args, name) is not None}
+    given["policies"] = args.policies
+    if args.quick:
+        return EvalConfig.quick_config(model=args.model or QUICK_MODEL, **given)
+    return EvalConfig(model=args.model or DEFAULT_MODEL, **given)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    doc = run_evaluation(config)
+    paths = write_outputs(doc, Path(config.out))
+    print(markdown_report(doc))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}; PNG {doc['png']}")
+    return 0
+
+
+def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
+    """`python -m core evaluate ...` (the main CLI calls this)."""
+    parser = subparsers.add_parser("evaluate", help="measure every policy across budgets", description=DESCRIPTION)
+    return add_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = add_arguments(argparse.ArgumentParser(prog="python -m core.eval", description=DESCRIPTION)).parse_args(argv)
+    return args.func(args)

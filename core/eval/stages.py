@@ -1,0 +1,233 @@
+"""A whole evaluation: stages of cells keyed by (stage, policy, budget, data), run with progress, each finished
+cell cached at once, then reduced per policy x budget into the results document."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from core.budget import Budget
+from core.data import token_chunks
+from core.eval.cache import CellCache, Key, digest, policy_digest
+from core.eval.config import EvalConfig, model_slug
+from core.eval.measure import attention_cells, chunk_nll, decode_agreement, listed, task_cells
+from core.models import LoadedModel, load
+from core.policies import Policy, UnknownPolicyError, make_policy, policy_names
+from core.spec import FIRST_SPARSE_LAYER
+from core.tasks import encode_sample, make_samples
+from core.tiny import QUICK_MODEL, tiny_model
+from core.trace import ReadStats
+
+
+@dataclass
+class Stage:
+    """One measurement over data items; `measure_item`, when set, fills all of an item's cells in one go."""
+
+    name: str
+    items: list
+    budgets: dict[str, list[Budget]]  # policy -> budgets measured
+    measure: Callable[[str, Budget, object], dict] | None
+    reduce: Callable[[list[dict]], dict]
+    ident: Callable[[object], tuple] = lambda item: (item,)
+    measure_item: Callable[[object], dict[tuple[str, str], dict]] | None = None
+
+
+@dataclass
+class Setup:
+    """What the stages share: the model, the policies that could be built, budgets and the cell cache."""
+
+    lm: LoadedModel
+    config: EvalConfig
+    policies: dict[str, Policy]
+    budgets: list[Budget]
+    cache: CellCache
+    identities: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identities = {name: policy_digest(policy) for name, policy in self.policies.items()}
+
+    def budgets_for(self, budgets: Sequence[Budget]) -> dict[str, list[Budget]]:
+        """Dense reads everything whatever the budget: measured once, at 100%."""
+        return {n: [Budget.dense()] if p.is_dense else list(budgets) for n, p in self.policies.items()}
+
+    def key(self, stage: Stage, name: str, budget: Budget, item: object) -> Key:
+        data = digest(self.lm.spec.fingerprint, self.config.dense_prefix, *stage.ident(item))
+        return (stage.name, name, self.identities[name], budget.label, data)
+
+
+def run_stage(s: Setup, stage: Stage) -> None:
+    """Measure every cell not yet cached, with a progress bar; each finished cell is cached at once."""
+    jobs: list[Callable[[], dict[Key, dict]]] = []
+    for item in stage.items:
+        keys = {(n, b.label): (s.key(stage, n, b, item), n, b) for n, bs in stage.budgets.items() for b in bs}
+        missing = [entry for entry in keys.values() if s.cache.get(entry[0]) is None]
+        if missing and stage.measure_item is not None:
+            jobs.append(lambda item=item, keys=keys: {
+                keys[nb][0]: value for nb, value in stage.measure_item(item).items() if nb in keys})
+        else:
+            jobs.extend(lambda k=k, n=n, b=b, item=item: {k: stage.measure(n, b, item)} for k, n, b in missing)
+    unit = "cell" if stage.measure_item is None else "item"
+    for job in tqdm(jobs, desc=stage.name, unit=unit, disable=not jobs):
+        for key, value in job().items():
+            s.cache.put(key, value)
+
+
+def reduce_stage(s: Setup, stage: Stage) -> dict[str, dict[str, dict]]:
+    """policy -> budget label -> the stage's reduction over its items."""
+    return {
+        name: {b.label: stage.reduce([s.cache.get(s.key(stage, name, b, x)) for x in stage.items]) for b in budgets}
+        for name, budgets in stage.budgets.items()
+    }
+
+
+def _total(cells: list[dict], field_name: str) -> float:
+    return float(sum(c[field_name] for c in cells))
+
+
+def _sparsity(cells: list[dict], read: str = "read", total: str = "total") -> float:
+    return ReadStats(_total(cells, read), _total(cells, total)).sparsity
+
+
+def reduce_perplexity(cells: list[dict]) -> dict:
+    return {"ppl": math.exp(_total(cells, "nll") / _total(cells, "tokens")), "achieved_sparsity": _sparsity(cells),
+            "tokens": int(_total(cells, "tokens"))}
+
+
+def reduce_decode(cells: list[dict]) -> dict:
+    tokens = _total(cells, "tokens")
+    return {
+        "ppl_teacher": math.exp(_total(cells, "nll_teacher") / tokens),
+        "ppl_decode": math.exp(_total(cells, "nll_decode") / tokens),
+        "max_logprob_gap": max(c["max_logprob_gap"] for c in cells),
+        "argmax_agreement": _total(cells, "argmax_agree") / tokens,
+        "achieved_sparsity_teacher": _sparsity(cells, "read_teacher", "total_teacher"),
+        "achieved_sparsity_decode": _sparsity(cells, "read_decode", "total_decode"),
+        "tokens": int(tokens),
+    }
+
+
+def _layer_mean(by_layer: np.ndarray) -> float | None:
+    """Mean over the sparse layers, skipping layers a policy leaves dense for rankings (None if it has none)."""
+    scored = by_layer[FIRST_SPARSE_LAYER:]
+    return float(np.nanmean(scored)) if np.isfinite(scored).any() else None
+
+
+def reduce_attention(cells: list[dict]) -> dict:
+    """Per-layer means over chunks, and their mean over layers >= FIRST_SPARSE_LAYER (as the paper)."""
+    hit, recall = np.mean([c["hit"] for c in cells], 0), np.mean([c["recall"] for c in cells], 0)
+    ranking = None if cells[0]["ranking_hit"] is None else np.array([c["ranking_hit"] for c in cells], float).mean(0)
+    return {
+        "hit_accuracy": _layer_mean(hit), "recall": _layer_mean(recall), "achieved_sparsity": _sparsity(cells),
+        "ranking_hit_accuracy": None if ranking is None else _layer_mean(ranking),
+        "hit_by_layer": hit.tolist(), "recall_by_layer": recall.tolist(),
+        "ranking_hit_by_layer": None if ranking is None else listed(ranking),
+    }
+
+
+def reduce_task(cells: list[dict]) -> dict:
+    return {"wrong_token_pct": 100.0 * _total(cells, "wrong") / _total(cells, "tokens"),
+            "any_miss": float(np.mean([c["wrong"] > 0 for c in cells])), "samples": len(cells)}
+
+
+def sample_ident(sample) -> tuple:
+    """What identifies an encoded task sample in the cache."""
+    return sample.input_ids, sample.prompt_len, torch.as_tensor(sample.answer_positions)
+
+
+def build_stages(s: Setup, chunks: list[torch.Tensor], task_data: dict[str, list]) -> list[Stage]:
+    """The measurements, in the order they run (cheapest evidence first)."""
+    prefix, policies = s.config.dense_prefix, s.policies
+    task_budgets = [Budget.parse(b) for b in s.config.task_budgets] or s.budgets
+    stages = [
+        Stage("attention", chunks, s.budgets_for(s.budgets), None, reduce_attention,
+              ident=lambda c: (c, s.config.metric_rows),
+              measure_item=lambda c: attention_cells(s.lm, c, policies, s.budgets_for(s.budgets),
+                                                     s.config.metric_rows, prefix)),
+        Stage("perplexity", chunks, s.budgets_for(s.budgets),
+              lambda n, b, c: chunk_nll(s.lm, c, policies[n], b, prefix), reduce_perplexity),
+        Stage("decode", [c[: s.config.decode_len] for c in chunks[: s.config.decode_chunks]],
+              s.budgets_for([Budget.parse(b) for b in s.config.decode_budgets]),
+              lambda n, b, c: decode_agreement(s.lm, c, policies[n], b, prefix), reduce_decode),
+    ]
+    stages += [
+        Stage(task, samples, s.budgets_for(task_budgets), None, reduce_task, ident=sample_ident,
+              measure_item=lambda x: task_cells(s.lm, x, policies, s.budgets_for(task_budgets)))
+        for task, samples in task_data.items()
+    ]
+    return stages
+
+
+# --- running a whole evaluation --------------------------------------------------------------------------
+
+
+def load_model(source: str) -> LoadedModel:
+    return tiny_model() if source == QUICK_MODEL else load(source)
+
+
+def check_policy_names(names: Sequence[str]) -> Sequence[str]:
+    """Refuse unknown names up front (before a model is loaded)."""
+    unknown = [n for n in names if n not in policy_names()]
+    if unknown:
+        raise UnknownPolicyError(f"Unknown policies {unknown}; choose from: {', '.join(policy_names())}.")
+    return names
+
+
+def build_policies(lm: LoadedModel, names: Sequence[str]) -> tuple[dict[str, Policy], dict[str, str]]:
+    """Build each named policy; one that cannot run on this model (no trained predictor, or one trained
+    for another model) is skipped with the reason, an unknown name is an error."""
+    policies, skipped = {}, {}
+    for name in names or policy_names():  # run_evaluation has checked the names
+        try:
+            policy = make_policy(name)
+            for handle in policy.attach(lm.model):  # attaching checks the predictor fits this model
+                handle.remove()
+        except (FileNotFoundError, ValueError) as err:
+            skipped[name] = str(err)
+            continue
+        policies[name] = policy
+    return policies, skipped
+
+
+def budget_info(budget: Budget) -> dict:
+    nominal = None if budget.ratio is None else round(1.0 - budget.ratio, 6)
+    return {"label": budget.label, "ratio": budget.ratio, "tokens": budget.tokens, "nominal_sparsity": nominal}
+
+
+def task_samples(lm: LoadedModel, task: str, n: int, seed: int) -> list:
+    return [encode_sample(lm.tokenizer, sample) for sample in make_samples(task, n, seed)]
+
+
+def run_evaluation(config: EvalConfig) -> dict:
+    """Measure everything `config` asks for (resuming from the cache) and return the results document."""
+    started = time.perf_counter()
+    check_policy_names(config.policies)
+    lm = load_model(config.model)
+    policies, skipped = build_policies(lm, config.policies)
+    for name, reason in skipped.items():
+        tqdm.write(f"skipping {name}: {reason}")
+    budgets = list({b.label: b for b in map(Budget.parse, config.budgets)}.values())
+    cache = CellCache(Path(config.cache_dir) / f"eval_{model_slug(lm.spec.name)}.jsonl")
+    setup = Setup(lm, config, policies, budgets, cache)
+    chunks = token_chunks(lm.tokenizer, "heldout", config.chunk_len, max_chunks=config.chunks, seed=config.seed)
+    task_data = {task: task_samples(lm, task, config.samples, config.seed) for task in config.tasks}
+    timing = {"setup": time.perf_counter() - started}
+    results = {}
+    for stage in (stage for stage in build_stages(setup, chunks, task_data) if stage.items):
+        begun = time.perf_counter()
+        run_stage(setup, stage)
+        results[stage.name] = reduce_stage(setup, stage)
+        timing[stage.name] = time.perf_counter() - begun
+    timing["total"] = time.perf_counter() - started
+    return {
+        "model": lm.spec.to_dict(), "config": asdict(config), "policies": list(policies), "skipped": skipped,
+        "budgets": [budget_info(b) for b in budgets], "data": {"chunks": len(chunks), "chunk_len": config.chunk_len,
+        **{task: len(samples) for task, samples in task_data.items()}},
+        "timing_s": {k: round(v, 2) for k, v in timing.items()}, "results": results,
+    }

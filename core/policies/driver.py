@@ -1,0 +1,116 @@
+"""From a policy's scores or recurrence to the rows each query reads, in both execution modes.
+
+- decode: dense prefill (`prefill_state`), then one query per step (`decode_selection` -> indices to gather);
+- teacher: one pass over a whole sequence (`teacher_mask` -> a keep mask per row).
+
+A scorer's choice is its protected tokens (`protection`: the current token, then sinks and recent
+tokens in cache order, all counted in the budget) followed by its best-scored other tokens, so both
+modes agree by construction. A recurrence is replayed row by row by `replay`, through the very
+`step` that decoding calls, so it agrees with decoding too (tests check both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from core.budget import Budget
+from core.policies.base import LayerView, Policy, descending_ranks, pool_group, topk_sorted
+
+
+@dataclass
+class Selection:
+    """One decode step at one layer: the K/V rows read and the policy's own per-head scores."""
+
+    indices: torch.Tensor  # [B, Hkv, K] ascending token indices
+    scores: torch.Tensor | None  # [B, Hq, T] per query head (None: a recurrence, which draws no scores)
+
+
+def protection(policy: Policy, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
+    """([Q, T] current token, [Q, T] other protected tokens): sinks and the recent window within each row's past."""
+    cols = torch.arange(view.context, device=view.key.device)[None, :]
+    pos = view.positions[:, None]
+    current = cols == pos
+    other = ((cols < policy.sinks) | (pos - cols < policy.recent)) & (cols < pos)
+    return current, other
+
+
+def scorer_ranks(policy: Policy, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
+    """(head scores [B, Hq, Q, T], ranks [B, Hkv, Q, T]): row q keeps the tokens ranked below its budget.
+
+    Rank 0 is the current token, then the other protected tokens in cache order, then the others by
+    pooled score (ties to the earlier token); the future ranks beyond every row's past.
+    """
+    head = policy.scores(view)
+    pooled = pool_group(head.float(), view.group, policy.pool)
+    current, other = protection(policy, view)
+    protected = current | other
+    free = view.causal() & ~protected
+    ranks = descending_ranks(pooled.masked_fill(~free, float("-inf"))) + protected.sum(-1, keepdim=True)
+    return head, torch.where(protected, torch.where(current, 0, other.cumsum(-1)), ranks)
+
+
+def _newest_row(policy: Policy, pooled: torch.Tensor, keep: int) -> torch.Tensor | None:
+    """A scorer's decode step by slices: [B, Hkv, keep] indices, or None when protection alone exceeds `keep`."""
+    t = pooled.shape[-1]
+    first_recent = max(0, t - max(policy.recent, 1))
+    protected = torch.cat([torch.arange(min(policy.sinks, first_recent), device=pooled.device),
+                           torch.arange(first_recent, t, device=pooled.device)])
+    rest = keep - protected.numel()
+    if rest < 0:
+        return None
+    fixed = protected.expand(*pooled.shape[:2], -1)
+    if rest == 0:
+        return fixed
+    free = pooled.index_fill(-1, protected, float("-inf"))
+    return torch.cat([fixed, topk_sorted(free, rest)], dim=-1).sort(dim=-1).values
+
+
+def prefill_state(policy: Policy, view: LayerView, budget: Budget) -> Any:
+    """A recurrence's state after the dense prefill `view` (None for a scorer, which keeps none)."""
+    return None if policy.stateless else policy.prefill(view, budget.keep(view.context))
+
+
+def mask_indices(kept: torch.Tensor) -> torch.Tensor:
+    """[B, Hkv, T] bool with the same count per head -> [B, Hkv, K] ascending indices."""
+    return kept.float().topk(int(kept[0, 0].sum()), dim=-1).indices.sort(dim=-1).values
+
+
+def decode_selection(policy: Policy, state: Any, view: LayerView, keep: int) -> Selection:
+    """One decode step (one query row, the newest token): the rows to read and, for a scorer, its scores."""
+    if not policy.stateless:
+        return Selection(mask_indices(policy.step(state, view, keep)), None)
+    head = policy.scores(view)
+    indices = _newest_row(policy, pool_group(head.float(), view.group, policy.pool)[:, :, -1, :], keep)
+    if indices is None:
+        ranks = scorer_ranks(policy, view)[1][:, :, -1, :]
+        indices = mask_indices(ranks < keep)
+    return Selection(indices, head[:, :, -1, :])
+
+
+def replay(policy: Policy, view: LayerView, budget: Budget, prompt_len: int) -> torch.Tensor:
+    """A recurrence over a whole sequence (rows = positions 0..T-1): [B, Hkv, T, T] keep mask.
+
+    Rows before `prompt_len` are the dense prefill; each later row is one `step`, as in decoding.
+    """
+    t = view.context
+    if view.positions.numel() != t or int(view.positions[0]) != 0:
+        raise ValueError("replay needs a view over every row of the sequence, from position 0.")
+    view.true_logits()  # once for the whole sequence: every row's view slices it
+    b, hkv = view.key.shape[:2]
+    masks = view.causal()[None, None].expand(b, hkv, -1, -1).clone()
+    prompt = min(prompt_len, t)
+    state = policy.prefill(view.rows(slice(0, prompt), prompt), budget.keep(prompt))
+    for row in range(prompt, t):
+        masks[:, :, row, : row + 1] = policy.step(state, view.rows(slice(row, row + 1), row + 1), budget.keep(row + 1))
+    return masks
+
+
+def teacher_mask(policy: Policy, view: LayerView, budget: Budget, prompt_len: int) -> torch.Tensor:
+    """Teacher forcing over a whole sequence: [B, Hkv, Q, T] keep mask, prompt rows dense."""
+    if not policy.stateless:
+        return replay(policy, view, budget, prompt_len)
+    keeps = budget.row_keeps(view.positions, prompt_len)
+    return scorer_ranks(policy, view)[1] < keeps[:, None]
