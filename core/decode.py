@@ -98,6 +98,12 @@ def _next_token(logits: torch.Tensor, config: GenerationConfig, generator: torch
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
+def prefill(lm: LoadedModel, session: SparseSession, cache: DynamicCache, ids: torch.Tensor) -> torch.Tensor:
+    """The dense prefill of `ids` [1, P] into `cache` under `session`: the last row's logits [1, V]."""
+    with torch.inference_mode(), activate(session, lm.model):
+        return lm.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+
+
 def decode_tokens(lm: LoadedModel, session: SparseSession, cache: DynamicCache, tokens: torch.Tensor) -> torch.Tensor:
     """Feed `tokens` [1, n] one per step through `cache` under `session`: logits [n, V] (real decoding).
 
@@ -132,8 +138,7 @@ def generate(
     session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len, stats=ReadStats())
     generator = torch.Generator().manual_seed(config.seed)
     cache = DynamicCache(config=lm.model.config)
-    with torch.inference_mode(), activate(session, lm.model):
-        logits = lm.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1, :]
+    logits = prefill(lm, session, cache, ids)
     eos = set(_eos_ids(lm))
     generated: list[int] = []
     text = ""
@@ -206,7 +211,6 @@ def decode_forced(
     policy.reset()
     session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
     cache = DynamicCache(config=lm.model.config)
-    with torch.inference_mode(), activate(session, lm.model):
-        last = lm.model(input_ids=ids[:, :prompt_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    last = prefill(lm, session, cache, ids[:, :prompt_len])
     rows = decode_tokens(lm, session, cache, ids[:, prompt_len:])
-    return torch.cat([last.logits[0], rows]), session.stats
+    return torch.cat([last, rows]), session.stats

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from core.attention import SparseSession, activate
+from core.attention import SparseSession
 from core.budget import Budget
 from core.capture import capture_views, views_from_capture
-from core.decode import decode_forced, decode_tokens, forward_teacher
+from core.decode import decode_forced, decode_tokens, forward_teacher, prefill
 from core.metrics import row_indices, selection_metrics
 from core.models import LoadedModel
 from core.policies import Policy, make_policy
@@ -72,8 +72,7 @@ def task_cells(
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     cache = DynamicCache(config=lm.model.config)
     dense = SparseSession(make_policy("dense"), Budget.dense(), mode="decode", prompt_len=prompt_len, capture=captured)
-    with torch.inference_mode(), activate(dense, lm.model):
-        last = lm.model(input_ids=ids[:, :prompt_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    last = prefill(lm, dense, cache, ids[:, :prompt_len])
     views = views_from_capture(captured, lm.spec.head_dim**-0.5)
     targets = ids[0, answer].cpu()
     cells = {}
@@ -84,7 +83,7 @@ def task_cells(
             session.observe_prefill(views)
             steps = decode_tokens(lm, session, cache, ids[:, prompt_len : int(answer.max())])
             cache.crop(-steps.shape[0])  # back to the shared prefill (a negative count removes that many)
-            predicted = torch.cat([last.logits[0], steps])[answer - prompt_len].argmax(-1).cpu()
+            predicted = torch.cat([last, steps])[answer - prompt_len].argmax(-1).cpu()
             cells[(name, budget.label)] = {"wrong": int((predicted != targets).sum()), "tokens": answer.numel()}
     return cells
 
