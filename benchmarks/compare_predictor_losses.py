@@ -5,6 +5,8 @@ held-out hit accuracy (last query row and sampled rows) and the held-out KL. Wri
 assets/results/predictor_ablation.json.
 
     python benchmarks/compare_predictor_losses.py --steps 150 --variants kl mse
+    python benchmarks/compare_predictor_losses.py --steps 150 --variants kl kl-i160 kl-g2-i96 \
+        --out assets/results/predictor_capacity.json
 
 The shipped predictor (assets/predictor), when present, is scored on the same held-out chunks.
 """
@@ -34,6 +36,8 @@ VARIANTS = {
     "kl-dim8": {"dim": 8},
     "kl-g2": {"group_layers": 2, "inner": 64},
     "kl-g8": {"group_layers": 8, "inner": 256},
+    "kl-i160": {"inner": 160},
+    "kl-g2-i96": {"group_layers": 2, "inner": 96},
 }
 
 
@@ -80,7 +84,7 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="score runs/ablation-<variant> without training")
     args = parser.parse_args()
     lm = load(args.model)
-    train_chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=0)
+    train_chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=0, order="in-order")
     held = token_chunks(lm.tokenizer, "heldout", args.seq_len, max_chunks=args.heldout, seed=0)
     results = {}
     for name in args.variants:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import fields
 
-from core.args import add_model_args
+from core.args import add_model_args, split_csv
 from core.budget import Budget, BudgetError
-from core.data import token_chunks
+from core.chatdata import generate_chat
+from core.data import corpus_stats, token_chunks
 from core.decode import GenerationConfig, generate
 from core.eval.cli import add_evaluate_command
 from core.models import load
 from core.policies import make_policy, policy_names
 from core.shadow.cli import add_shadow_commands
+from core.sources import chat_cache_dir
+from core.tiny import QUICK_MODEL, tiny_model
 from core.train import LOSSES, TrainConfig, train
 
 TRAIN_FLAGS = {  # TrainConfig fields given as flags -> help (type and default come from TrainConfig)
@@ -28,6 +32,7 @@ TRAIN_FLAGS = {  # TrainConfig fields given as flags -> help (type and default c
     "group_layers": "layers each producer predicts",
     "seed": None,
     "save_every": None,
+    "schedule": "sequence lengths over training, e.g. 512x1000,2048x500,4096x400 (overrides --seq-len/--steps)",
 }
 TRAIN_CHOICES = {"loss": list(LOSSES)}
 
@@ -59,9 +64,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    lm = load(args.model, args.device, args.dtype)
+    lm = tiny_model() if args.model == QUICK_MODEL else load(args.model, args.device, args.dtype)
     config = TrainConfig(**{name: getattr(args, name) for name in TRAIN_FLAGS})
-    chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=args.seed)
+    sources = split_csv(args.sources) if args.sources else None
+    lengths = sorted({length for length, _ in config.phases()})
+    chunks = [
+        chunk
+        for length in lengths
+        for chunk in token_chunks(lm.tokenizer, "train", length, sources=sources, seed=args.seed, order="in-order")
+    ]
     predictor, history = train(lm, chunks, args.out, config, resume=not args.restart)
     over = predictor.overheads(lm.spec, lm.parameter_count)
     print(
@@ -70,6 +81,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"last loss {history[-1]['loss']:.4f}, hit accuracy {history[-1]['hit_accuracy']:.3f}"
     )
     return 0
+
+
+def cmd_corpus_stats(args: argparse.Namespace) -> int:
+    stats = corpus_stats(load(args.model, args.device, args.dtype).tokenizer)
+    print(f"{'source':18} {'train docs':>10} {'train tokens':>13} {'held docs':>9} {'held tokens':>11} {'dropped':>8}")
+    for name, row in stats["sources"].items():
+        train, held = row.get("train", row.get("outside")), row.get("heldout", {"documents": 0, "tokens": 0})
+        label = name if "train" in row else f"{name} (outside)"
+        print(
+            f"{label:18} {train['documents']:>10,} {train['tokens']:>13,} {held['documents']:>9,} "
+            f"{held['tokens']:>11,} {row.get('dropped_paragraphs', 0):>8,}"
+        )
+    shares = stats["heldout_shingles_in_train"]
+    print(
+        f"held-out 10-word shingles also in training text: {shares['before_cleaning']:.2%} before dropping "
+        f"leaking paragraphs, {shares['after_cleaning']:.2%} after"
+    )
+    if args.json:
+        with open(args.json, "w") as sink:
+            json.dump(stats, sink, indent=1)
+    return 0
+
+
+def cmd_corpus_chat(args: argparse.Namespace) -> int:
+    lm = load(args.model, args.device, args.dtype)
+    folder = chat_cache_dir()
+    added = generate_chat(lm, folder, args.count, args.seed, args.batch, args.max_new_tokens)
+    print(f"{added} new conversations in {folder}")
+    return 0
+
+
+def add_corpus_commands(subparsers) -> None:
+    corpus = subparsers.add_parser("corpus", help="the offline training corpus: statistics, chat answers")
+    sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    stats = sub.add_parser("stats", help="tokens per source and split, leakage dropped and left")
+    add_model_args(stats)
+    stats.add_argument("--json", default=None, help="also write the statistics here")
+    stats.set_defaults(func=cmd_corpus_stats)
+    chat = sub.add_parser("chat", help="sample the model's answers to varied instructions (cached, resumable)")
+    add_model_args(chat)
+    chat.add_argument("--count", type=int, default=256)
+    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--batch", type=int, default=16)
+    chat.add_argument("--max-new-tokens", type=int, default=384)
+    chat.set_defaults(func=cmd_corpus_chat)
 
 
 def add_generate_command(subparsers) -> argparse.ArgumentParser:
@@ -97,6 +153,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
         default = defaults[name]
         kind = {"type": type(default)} if name not in TRAIN_CHOICES else {"choices": TRAIN_CHOICES[name]}
         tr.add_argument("--" + name.replace("_", "-"), default=default, help=text, **kind)
+    tr.add_argument("--sources", default="", help="comma list of corpus sources (default: all installed)")
     tr.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     tr.set_defaults(func=cmd_train)
     return tr
@@ -109,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_evaluate_command(sub)
     add_shadow_commands(sub)
+    add_corpus_commands(sub)
     return parser
 
 

@@ -1,46 +1,33 @@
-"""Offline text corpus for training and held-out evaluation.
+"""Offline text corpus for training and held-out evaluation, with a fixed, leak-checked split.
 
-Documents come from text that installs from the package registries: Python's own documentation as
-shipped with the interpreter (`pydoc_data.topics`, always present) and, when their Debian packages are
-installed, the Python 3.11 manual sources (python3.11-doc), the Debian Reference (debian-reference-en)
-and the Jargon File (jargon-text). The split is fixed per document: a document whose id hashes to 0
-mod 10 is held out, so training never sees a held-out document whatever sources are installed.
+The text comes from the readers in `core.sources` (packages from the registries, plus the model's own
+chat answers once generated). The split is fixed per document: a document whose id hashes to 0 mod 10
+is held out, whatever sources are installed. On top of that, training paragraphs that repeat held-out
+text (of any installed source, the outside sources included) are dropped (`core.leakage`), so packages
+that quote each other cannot carry held-out text into training. Split "outside" is the text of
+`OUTSIDE_SOURCES`, never trained on: evaluation text from outside every training source.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import random
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import lru_cache
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-SPLITS = ("train", "heldout")
-PYTHON_DOC_SOURCES = Path("/usr/share/doc/python3.11/html/_sources")
-DEBIAN_REFERENCE = Path("/usr/share/debian-reference/debian-reference.en.txt.gz")
-JARGON_FILE = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
-BLOCK_CHARS = 12_000  # long single-file sources are cut into documents of about this size
+from core.leakage import HeldoutIndex, overlap
+from core.sources import OUTSIDE_SOURCES, SOURCES, TRAINING_SOURCES, Document, source_documents
+
+SPLITS = ("train", "heldout", "outside")
+ORDERS = ("shuffled", "in-order")
 
 
 class CorpusError(ValueError):
     """No text for the requested split or sources."""
-
-
-@dataclass(frozen=True)
-class Document:
-    """One unit of the split: an id that decides its split, and its text."""
-
-    doc_id: str
-    text: str
-
-    @property
-    def split(self) -> str:
-        return split_of(self.doc_id)
 
 
 def split_of(doc_id: str) -> str:
@@ -48,69 +35,79 @@ def split_of(doc_id: str) -> str:
     return "heldout" if int(hashlib.sha256(doc_id.encode()).hexdigest(), 16) % 10 == 0 else "train"
 
 
-def _pydoc() -> Iterator[Document]:
-    from pydoc_data.topics import topics
-
-    for name in sorted(topics):
-        yield Document(f"pydoc/{name}", topics[name])
-
-
-def _python_manual() -> Iterator[Document]:
-    for path in sorted(PYTHON_DOC_SOURCES.rglob("*.txt")):
-        yield Document(f"python-doc/{path.relative_to(PYTHON_DOC_SOURCES)}", path.read_text(errors="replace"))
-
-
-def _blocks(prefix: str, text: str) -> Iterator[Document]:
-    """Cut one long text at paragraph ends into documents of about BLOCK_CHARS."""
-    block, size, index = [], 0, 0
-    for paragraph in re.split(r"\n\s*\n", text):
-        block.append(paragraph)
-        size += len(paragraph)
-        if size >= BLOCK_CHARS:
-            yield Document(f"{prefix}/{index:04d}", "\n\n".join(block))
-            block, size, index = [], 0, index + 1
-    if block:
-        yield Document(f"{prefix}/{index:04d}", "\n\n".join(block))
-
-
-def _gzip_blocks(prefix: str, path: Path) -> Callable[[], Iterator[Document]]:
-    return lambda: _blocks(prefix, gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace"))
-
-
-SOURCES: dict[str, tuple[Path | None, Callable[[], Iterator[Document]]]] = {
-    "pydoc": (None, _pydoc),
-    "python-doc": (PYTHON_DOC_SOURCES, _python_manual),
-    "debian-reference": (DEBIAN_REFERENCE, _gzip_blocks("debian-reference", DEBIAN_REFERENCE)),
-    "jargon": (JARGON_FILE, _gzip_blocks("jargon", JARGON_FILE)),
-}
-
-
 def available_sources() -> list[str]:
-    """The sources installed on this machine (pydoc always)."""
-    return [name for name, (path, _) in SOURCES.items() if path is None or path.exists()]
+    """The training sources installed on this machine (pydoc always)."""
+    return [name for name in TRAINING_SOURCES if SOURCES[name].installed()]
 
 
-def _source_documents(name: str) -> list[Document]:
-    """The non-empty documents of one source, both splits."""
-    return [doc for doc in SOURCES[name][1]() if doc.text.strip()]
+def available_outside() -> list[str]:
+    """The outside (never trained on) sources installed on this machine."""
+    return [name for name in OUTSIDE_SOURCES if SOURCES[name].installed()]
+
+
+@dataclass(frozen=True)
+class CleanSource:
+    """One source's documents per split, training paragraphs that repeat held-out text dropped."""
+
+    train: list[Document]
+    heldout: list[Document]
+    dropped_paragraphs: int
+
+
+@lru_cache(maxsize=4)
+def _clean_sources(installed: tuple[str, ...], outside: tuple[str, ...]) -> dict[str, CleanSource]:
+    """Every installed source split and cleaned against the held-out text of all of them (read once)."""
+    raw = {name: source_documents(name) for name in installed}
+    heldout = {name: [d for d in docs if split_of(d.doc_id) == "heldout"] for name, docs in raw.items()}
+    outside_docs = [d for name in outside for d in source_documents(name)]
+    index = HeldoutIndex.build(d.text for docs in heldout.values() for d in docs + outside_docs)
+    cleaned: dict[str, CleanSource] = {}
+    for name, docs in raw.items():
+        train, dropped = [], 0
+        for doc in docs:
+            if split_of(doc.doc_id) == "heldout":
+                continue
+            text, count = index.clean(doc.text)
+            dropped += count
+            if text.strip():
+                train.append(Document(doc.doc_id, text))
+        cleaned[name] = CleanSource(train, heldout[name], dropped)
+    return cleaned
+
+
+def _checked(names: Sequence[str] | None, known: Sequence[str], installed: list[str]) -> list[str]:
+    chosen = list(names) if names is not None else installed
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise CorpusError(f"Unknown sources {unknown}; choose from {', '.join(known)}.")
+    missing = [n for n in chosen if n not in installed]
+    if missing:
+        hints = "; ".join(f"{n}: {SOURCES[n].package}" for n in missing)
+        raise CorpusError(f"Sources {missing} are not installed here (installed: {', '.join(installed)}; {hints}).")
+    return chosen
 
 
 def load_documents(split: str, sources: Sequence[str] | None = None) -> list[Document]:
-    """Every document of a split from the given sources (default: all installed), in a stable order."""
+    """Every document of a split from the given sources (default: all installed), in each source's order."""
     if split not in SPLITS:
         raise CorpusError(f"Unknown split {split!r}; choose from {', '.join(SPLITS)}.")
-    installed = available_sources()
-    names = list(sources) if sources is not None else installed
-    unknown = [n for n in names if n not in SOURCES]
-    if unknown:
-        raise CorpusError(f"Unknown sources {unknown}; choose from {', '.join(SOURCES)}.")
-    missing = [n for n in names if n not in installed]
-    if missing:
-        raise CorpusError(f"Sources {missing} are not installed here (installed: {', '.join(installed)}).")
-    docs = [doc for name in names for doc in _source_documents(name) if doc.split == split]
+    if split == "outside":
+        names = _checked(sources, OUTSIDE_SOURCES, available_outside())
+        docs = [doc for name in names for doc in source_documents(name)]
+    else:
+        names = _checked(sources, TRAINING_SOURCES, available_sources())
+        clean = _clean_sources(tuple(available_sources()), tuple(available_outside()))
+        docs = [doc for name in names for doc in getattr(clean[name], split)]
     if not docs:
         raise CorpusError(f"No {split} documents in sources {names}.")
     return docs
+
+
+def _cut(stream: list[int], bos: list[int], body: int) -> tuple[list[torch.Tensor], list[int]]:
+    """Whole `body`-token chunks (each after BOS) off the front of a stream, and the tail left over."""
+    whole = len(stream) // body
+    chunks = [torch.tensor(bos + stream[s : s + body], dtype=torch.long) for s in range(0, whole * body, body)]
+    return chunks, stream[whole * body :]
 
 
 def token_chunks(
@@ -120,41 +117,66 @@ def token_chunks(
     max_chunks: int | None = None,
     sources: Sequence[str] | None = None,
     seed: int = 0,
+    order: str = "shuffled",
 ) -> list[torch.Tensor]:
-    """Non-overlapping `length`-token chunks of a split, documents joined by EOS, in a seeded shuffled order.
+    """Non-overlapping `length`-token chunks of a split, documents joined by EOS.
 
+    "shuffled": the documents in a seeded random order, chunks in stream order (short mixed text).
+    "in-order": each source's documents in their own order, so a long chunk is consecutive text of
+    one source (no shuffled fragments); the chunks, not the documents, are then shuffled by `seed`.
     Each chunk starts with BOS when the tokenizer has one, as the model saw text in training.
     """
     if length < 2:
         raise CorpusError(f"Chunk length must be at least 2 tokens, got {length}.")
+    if order not in ORDERS:
+        raise CorpusError(f"Unknown order {order!r}; choose from {', '.join(ORDERS)}.")
     docs = load_documents(split, sources)
-    random.Random(seed).shuffle(docs)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     body = length - len(bos)
+    if order == "shuffled":
+        random.Random(seed).shuffle(docs)
     chunks: list[torch.Tensor] = []
     stream: list[int] = []
+    source = None
     for doc in docs:
-        stream += tokenizer(doc.text, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            stream.append(tokenizer.eos_token_id)
-        whole = len(stream) // body
-        for start in range(0, whole * body, body):
-            chunks.append(torch.tensor(bos + stream[start : start + body], dtype=torch.long))
-            if max_chunks is not None and len(chunks) >= max_chunks:
-                return chunks
-        stream = stream[whole * body :]  # the tail carries over to the next document
+        name = doc.doc_id.split("/", 1)[0]
+        if order == "in-order" and name != source:
+            stream, source = [], name  # a chunk never spans two sources
+        stream += tokenizer(doc.text, add_special_tokens=False)["input_ids"] + eos
+        new, stream = _cut(stream, bos, body)
+        chunks += new
+        if order == "shuffled" and max_chunks is not None and len(chunks) >= max_chunks:
+            return chunks[:max_chunks]
     if not chunks:
         raise CorpusError(f"The {split} split holds fewer than {length} tokens.")
-    return chunks
+    if order == "in-order":
+        random.Random(seed).shuffle(chunks)
+    return chunks[:max_chunks] if max_chunks is not None else chunks
 
 
-def corpus_stats(tokenizer: PreTrainedTokenizerBase, sources: Sequence[str] | None = None) -> dict[str, dict]:
-    """Documents and tokens per source and split (for the README's corpus description)."""
-    stats: dict[str, dict] = {}
-    for name in sources or available_sources():
-        docs = _source_documents(name)  # read once, counted per split
-        for split in SPLITS:
-            chosen = [d for d in docs if d.split == split]
-            tokens = sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in chosen)
-            stats.setdefault(name, {})[split] = {"documents": len(chosen), "tokens": tokens}
+def corpus_stats(tokenizer: PreTrainedTokenizerBase) -> dict:
+    """Documents and tokens per source and split, paragraphs dropped for leakage, and the shingle overlap left."""
+    clean = _clean_sources(tuple(available_sources()), tuple(available_outside()))
+    count = lambda docs: sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs)  # noqa: E731
+    stats: dict = {"sources": {}}
+    for name, parts in clean.items():
+        stats["sources"][name] = {
+            "package": SOURCES[name].package,
+            "train": {"documents": len(parts.train), "tokens": count(parts.train)},
+            "heldout": {"documents": len(parts.heldout), "tokens": count(parts.heldout)},
+            "dropped_paragraphs": parts.dropped_paragraphs,
+        }
+    for name in available_outside():
+        docs = source_documents(name)
+        stats["sources"][name] = {
+            "package": SOURCES[name].package,
+            "outside": {"documents": len(docs), "tokens": count(docs)},
+        }
+    heldout_index = HeldoutIndex.build(d.text for parts in clean.values() for d in parts.heldout)
+    raw_train = (d.text for name in clean for d in source_documents(name) if split_of(d.doc_id) == "train")
+    stats["heldout_shingles_in_train"] = {
+        "before_cleaning": overlap(heldout_index.shingles, raw_train),
+        "after_cleaning": overlap(heldout_index.shingles, (d.text for parts in clean.values() for d in parts.train)),
+    }
     return stats

@@ -6,7 +6,10 @@ predictor then guesses every predicted layer's logits for `rows` sampled query r
 compares them with the true attention of those rows:
 - "kl": distribution matching, KL(true softmax || predicted softmax) over each row's causal past;
 - "mse": MSE between predicted and true pre-softmax logits (generation 1's loss).
-`accelerate launch -m core train ...` spreads it over GPUs; bf16 autocast on CUDA.
+Training runs over a schedule of sequence lengths (e.g. 512 -> 2048 -> 4096), so the predictor
+sees the contexts the page serves; query rows are sampled across the whole length.
+`accelerate launch [--cpu] --num_processes N -m core train ...` runs N processes, each on its own
+chunks, gradients averaged every step (gloo on CPU); bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +55,31 @@ class TrainConfig:
     seed: int = 0
     calib_chunks: int = 4
     save_every: int = 100
+    schedule: str = ""  # "512x1000,2048x500": phases of (sequence length x steps); empty = seq_len x steps
+
+    def phases(self) -> list[tuple[int, int]]:
+        """(sequence length, steps) per phase, in order."""
+        if not self.schedule:
+            return [(self.seq_len, self.steps)]
+        try:
+            phases = [tuple(int(x) for x in part.split("x")) for part in self.schedule.split(",") if part.strip()]
+        except ValueError:
+            phases = []
+        if not phases or any(len(p) != 2 or min(p) < 1 for p in phases):
+            raise ValueError(f"schedule must look like '512x1000,2048x500', got {self.schedule!r}.")
+        return [(length, steps) for length, steps in phases]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(steps for _, steps in self.phases())
+
+    def phase_at(self, step: int) -> tuple[int, int]:
+        """(sequence length, step index within its phase) of a global step."""
+        for length, steps in self.phases():
+            if step < steps:
+                return length, step
+            step -= steps
+        raise IndexError(f"step {step} is past the schedule")
 
 
 @dataclass
@@ -124,9 +153,27 @@ def _schedule(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+def by_length(chunks: Sequence[torch.Tensor]) -> dict[int, list[torch.Tensor]]:
+    """Chunks grouped by their length, each group in the given order."""
+    groups: dict[int, list[torch.Tensor]] = {}
+    for chunk in chunks:
+        groups.setdefault(chunk.numel(), []).append(chunk)
+    return groups
+
+
+def _average_gradients(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Mean of every process's gradients, in one all-reduce (the predictor is not wrapped in DDP)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def train(
     lm: LoadedModel,
-    chunks: list[torch.Tensor],
+    chunks: Sequence[torch.Tensor],
     out: str | Path,
     config: TrainConfig = TrainConfig(),
     resume: bool = True,
@@ -135,37 +182,55 @@ def train(
 ) -> tuple[Predictor, list[dict]]:
     """Train (or resume) a predictor for `lm` on token `chunks`; checkpoints go to `out`.
 
-    `until` stops this call after that step (with a checkpoint), for time-boxed runs resumed later.
+    Each phase of `config.phases()` draws from the chunks of its length. `until` stops this call
+    after that step (with a checkpoint), for time-boxed runs resumed later.
     """
     out = Path(out)
     torch.manual_seed(config.seed)
+    phases = config.phases()
+    groups = by_length(chunks)
+    missing = sorted({length for length, _ in phases} - set(groups))
+    if missing:
+        raise ValueError(f"No training chunks of length {missing} for the schedule {phases}.")
     accelerator = Accelerator(
         mixed_precision="bf16" if torch.cuda.is_available() else "no", cpu=lm.device.type == "cpu"
     )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    total_steps = config.total_steps
     pconf = PredictorConfig.for_spec(lm.spec, dim=config.dim, inner=config.inner, group_layers=config.group_layers)
-    predictor = Predictor(pconf)
-    optimizer = torch.optim.AdamW(predictor.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, config.steps, config.warmup))
+    model = Predictor(pconf)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, config.warmup))
     state_path = out / STATE_FILE
-    start, history = 0, []
+    start, history, tokens, wall = 0, [], 0, 0.0
     if resume and state_path.is_file():
         state = torch.load(state_path, weights_only=False)
-        predictor.load_state_dict(state["predictor"])
+        model.load_state_dict(state["predictor"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, history = state["step"], state["history"]
+        tokens, wall = state.get("tokens_seen", 0), state.get("wall_s", 0.0)
     else:
-        calib = [capture_pass(lm, chunks[i % len(chunks)], []).qk for i in range(config.calib_chunks)]
-        predictor.set_pairs(calibrate_pairs(calib, pconf))
-    predictor, optimizer = accelerator.prepare(predictor, optimizer)
-    model = accelerator.unwrap_model(predictor)
+        calib_source = groups[phases[0][0]]
+        calib = [capture_pass(lm, calib_source[i % len(calib_source)], []).qk for i in range(config.calib_chunks)]
+        model.set_pairs(calibrate_pairs(calib, pconf))
+    model.to(accelerator.device)
+    params = list(model.parameters())
     rng = random.Random(config.seed)
-    order = list(range(len(chunks)))
-    stop = min(config.steps, until or config.steps)
-    bar = tqdm(range(start, stop), initial=start, total=config.steps, disable=not progress, desc="train")
+    stop = min(total_steps, until or total_steps)
+    began = time.perf_counter() - wall
+    bar = tqdm(
+        range(start, stop),
+        initial=start,
+        total=total_steps,
+        desc="train",
+        disable=not progress or not accelerator.is_main_process,
+    )
     for step in bar:
-        rng.seed(config.seed * 1_000_003 + step)
-        ids = chunks[order[step % len(order)]]
+        length, index = config.phase_at(step)
+        pool = groups[length]
+        rng.seed((config.seed * 1_000_003 + step) * 1_009 + rank)
+        ids = pool[(index * world + rank) % len(pool)]
         cap = capture_pass(lm, ids, model.config.producer_layers)
         rows = sample_rows(ids.numel(), config.rows, config.min_row, rng)
         losses, hits = [], []
@@ -173,29 +238,43 @@ def train(
         with accelerator.autocast():
             for _, pred, true, causal in row_logits(model, cap, rows):
                 losses.append(row_loss(pred, true, causal, config.loss))
-                hits.append(float(hit_accuracy(pred.detach(), true, causal.sum(-1)).mean()))
+                hits.append(hit_accuracy(pred.detach(), true, causal.sum(-1)).mean())
         loss = torch.stack(losses).mean()
-        accelerator.backward(loss)
-        total = float(loss.detach())
-        accelerator.clip_grad_norm_(predictor.parameters(), config.clip)
+        loss.backward()
+        if world > 1:
+            _average_gradients(accelerator, params)
+        torch.nn.utils.clip_grad_norm_(params, config.clip)
         optimizer.step()
         scheduler.step()
+        measured = accelerator.reduce(torch.stack([loss.detach(), torch.stack(hits).mean()]), reduction="mean")
+        tokens += length * world
         record = {
             "step": step + 1,
-            "loss": total,
-            "hit_accuracy": sum(hits) / len(hits),
+            "seq_len": length,
+            "loss": float(measured[0]),
+            "hit_accuracy": float(measured[1]),
             "lr": scheduler.get_last_lr()[0],
+            "tokens_seen": tokens,
         }
         history.append(record)
-        bar.set_postfix(loss=f"{total:.4f}", hit=f"{record['hit_accuracy']:.3f}")
-        if (step + 1) % config.save_every == 0 or step + 1 == stop:
-            save_checkpoint(model, optimizer, scheduler, out, step + 1, history, config, lm)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", hit=f"{record['hit_accuracy']:.3f}", len=length)
+        if ((step + 1) % config.save_every == 0 or step + 1 == stop) and accelerator.is_main_process:
+            progress_state = {"tokens_seen": tokens, "wall_s": time.perf_counter() - began, "processes": world}
+            save_checkpoint(model, optimizer, scheduler, out, step + 1, history, config, lm, progress_state)
+    accelerator.wait_for_everyone()
     return model, history
 
 
-def save_checkpoint(predictor, optimizer, scheduler, out: Path, step: int, history: list, config, lm) -> None:
-    """Weights + config (with the base fingerprint) for users; full state for resuming."""
-    extra = {"train": asdict(config), "step": step, "overheads": predictor.overheads(lm.spec, lm.parameter_count)}
+def save_checkpoint(
+    predictor, optimizer, scheduler, out: Path, step: int, history: list, config, lm, progress: dict
+) -> None:
+    """Weights + config (base fingerprint, tokens seen, wall time) for users; full state for resuming."""
+    extra = {
+        "train": asdict(config),
+        "step": step,
+        **progress,
+        "overheads": predictor.overheads(lm.spec, lm.parameter_count),
+    }
     predictor.save(out, extra=extra)
     state = {
         "predictor": predictor.state_dict(),
@@ -203,7 +282,7 @@ def save_checkpoint(predictor, optimizer, scheduler, out: Path, step: int, histo
         "scheduler": scheduler.state_dict(),
         "step": step,
         "history": history,
+        **progress,
     }
     torch.save(state, out / STATE_FILE)
     (out / "history.json").write_text(json.dumps(history))
-

@@ -7,6 +7,8 @@ import torch
 
 from core import data
 from core.data import CorpusError, load_documents, split_of, token_chunks
+from core.leakage import HeldoutIndex, overlap
+from core.sources import blocks, fortune_text, html_text
 
 
 class WordTokenizer:
@@ -43,9 +45,9 @@ def test_chunks_have_the_length_start_with_bos_and_are_seeded() -> None:
 
 def test_long_sources_are_cut_into_blocks_at_paragraphs() -> None:
     text = "\n\n".join("word " * 500 for _ in range(30))
-    blocks = list(data._blocks("long", text))
-    assert len(blocks) > 1 and all(b.doc_id.startswith("long/") for b in blocks)
-    assert sum(b.text.count("word") for b in blocks) == 15000
+    docs = list(blocks("long", text))
+    assert len(docs) > 1 and all(b.doc_id.startswith("long/") for b in docs)
+    assert sum(b.text.count("word") for b in docs) == 15000
 
 
 @pytest.mark.parametrize(
@@ -63,3 +65,41 @@ def test_a_source_that_is_not_installed_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(data, "available_sources", lambda: ["pydoc"])
     with pytest.raises(CorpusError, match="not installed"):
         load_documents("train", ["jargon"])
+
+
+def test_a_training_paragraph_that_repeats_heldout_text_is_dropped() -> None:
+    held = "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun all day."
+    index = HeldoutIndex.build([held + "\n\nAnother held-out paragraph."])
+    near_copy = held.upper().replace(",", "") + " And one more clause."
+    kept = "A paragraph about something else entirely, written for the training split only, twelve words."
+    text, dropped = index.clean(f"{near_copy}\n\n{kept}\n\nanother HELD-OUT paragraph")
+    assert dropped == 2 and text == kept
+    assert overlap(index.shingles, [kept]) == 0.0
+    assert overlap(index.shingles, [held]) == 1.0
+
+
+def test_in_order_chunks_are_consecutive_text_of_one_source() -> None:
+    tok = WordTokenizer()
+    chunks = token_chunks(tok, "train", 32, sources=["pydoc"], order="in-order", seed=0)
+    stream = []
+    for doc in load_documents("train", ["pydoc"]):
+        stream += tok(doc.text)["input_ids"] + [tok.eos_token_id]
+    text = " ".join(map(str, stream))
+    assert all(" ".join(map(str, c[1:].tolist())) in text for c in chunks[:20])
+    with pytest.raises(CorpusError, match="Unknown order"):
+        token_chunks(tok, "train", 32, sources=["pydoc"], order="random")
+
+
+def test_page_and_fortune_text_become_paragraphs() -> None:
+    page = "<html><head><title>x</title><style>p{}</style></head><body><nav>menu</nav><h1>Title</h1>"
+    page += "<p>First   para.</p><p>Second <b>bold</b> para.</p><script>var a;</script></body></html>"
+    assert html_text(page) == "Title\n\nFirst para.\n\nSecond bold para."
+    assert fortune_text("one\nline\n%\ntwo\n%\n") == "one\nline\n\ntwo"
+
+
+def test_outside_text_is_in_neither_split(monkeypatch) -> None:
+    with pytest.raises(CorpusError, match="Unknown sources"):
+        load_documents("train", ["gnu-info"])
+    monkeypatch.setattr(data, "available_outside", lambda: [])
+    with pytest.raises(CorpusError, match="not installed"):
+        load_documents("outside", ["gnu-info"])

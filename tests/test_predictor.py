@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -104,3 +105,18 @@ def test_grouped_scores_equal_per_head_products() -> None:
     query, keys = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 40, 8)
     expected = query @ keys.repeat_interleave(3, dim=1).transpose(-1, -2) / 8**0.5
     assert torch.allclose(predictor.score_projected(query, keys), expected, atol=1e-6)
+
+
+def test_a_schedule_trains_each_phase_on_chunks_of_its_length(tiny_lm, tmp_path):
+    config = replace(CONFIG, schedule="32x4,64x3", save_every=100)
+    assert config.phases() == [(32, 4), (64, 3)] and config.total_steps == 7
+    data = chunks(4, 32) + chunks(4, 64)
+    _, history = train(tiny_lm, data, tmp_path, config, progress=False)
+    assert [h["seq_len"] for h in history] == [32] * 4 + [64] * 3
+    assert history[-1]["tokens_seen"] == 4 * 32 + 3 * 64
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["tokens_seen"] == 4 * 32 + 3 * 64 and meta["wall_s"] > 0
+    with pytest.raises(ValueError, match="No training chunks of length"):
+        train(tiny_lm, chunks(4, 32), tmp_path / "x", replace(config, schedule="48x2"), progress=False)
+    with pytest.raises(ValueError, match="schedule must look like"):
+        replace(CONFIG, schedule="512:100").phases()
