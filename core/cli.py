@@ -8,6 +8,8 @@ import sys
 import time
 from dataclasses import fields
 
+from accelerate import PartialState
+
 from core.args import add_model_args, split_csv
 from core.budget import Budget, BudgetError
 from core.chatdata import generate_chat
@@ -74,6 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for chunk in token_chunks(lm.tokenizer, "train", length, sources=sources, seed=args.seed, order="in-order")
     ]
     predictor, history = train(lm, chunks, args.out, config, resume=not args.restart)
+    if not PartialState().is_main_process:
+        return 0
     over = predictor.overheads(lm.spec, lm.parameter_count)
     print(
         f"saved to {args.out}: {over['parameters']:,} parameters ({over['parameter_share']:.2%} of the base model), "
