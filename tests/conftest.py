@@ -22,10 +22,11 @@ class TinyTokenizer:
         return "".join(chr(32 + int(i) % 90) for i in ids)
 
 
-def tiny_llama(seed: int = 0, layers: int = 4) -> models.LoadedModel:
-    """core.tiny's random Llama with a 128-id character tokenizer, a 256-token context and no EOS."""
+def tiny_llama(seed: int = 0, layers: int = 4, arch: str = "llama") -> models.LoadedModel:
+    """core.tiny's random decoder (Llama unless `arch`) with a 128-id character tokenizer, a 256-token
+    context and no EOS."""
     lm = tiny_model(seed, layers, tokenizer=TinyTokenizer(), vocab_size=128, max_positions=256,
-                    name=f"tiny-llama-{seed}")
+                    name=f"tiny-{arch}-{seed}", arch=arch)
     lm.model.generation_config.eos_token_id = None
     return lm
 

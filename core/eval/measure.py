@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from core.attention import SparseSession
 from core.budget import Budget
 from core.capture import capture_views, views_from_capture
 from core.decode import decode_forced, decode_tokens, forward_teacher, prefill
+from core.kvcache import preallocated_cache
 from core.metrics import row_indices, selection_metrics
 from core.models import LoadedModel
 from core.policies import Policy, make_policy
@@ -70,7 +70,7 @@ def task_cells(
     if int(answer.min()) < prompt_len:
         raise ValueError(f"answer positions {answer.tolist()} start inside the prompt (prompt_len {prompt_len}).")
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    cache = DynamicCache(config=lm.model.config)
+    cache = preallocated_cache(lm.model.config, int(answer.max()))
     dense = SparseSession(make_policy("dense"), Budget.dense(), mode="decode", prompt_len=prompt_len, capture=captured)
     last = prefill(lm, dense, cache, ids[:, :prompt_len])
     views = views_from_capture(captured, lm.spec.head_dim**-0.5)
