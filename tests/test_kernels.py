@@ -339,3 +339,14 @@ def test_triton_kernel(interpreted, case):
 
 if __name__ == "__main__":
     print(json.dumps(run_interpreted_cases()))
+
+
+def test_take_rows_reads_a_buffer_view_and_other_layouts_like_indexing():
+    buffer = torch.randn(2, 3, 40, 8)
+    filled = buffer[:, :, :25]  # the filled part of a preallocated cache
+    positions = torch.randint(0, 25, (2, 3, 7))
+    want = torch.stack([torch.stack([filled[b, h, positions[b, h]] for h in range(3)]) for b in range(2)])
+    assert torch.equal(reference.take_rows(filled, positions), want)
+    permuted = torch.randn(2, 40, 3, 8).permute(0, 2, 1, 3)[:, :, :25]  # token-major: the indexing fallback
+    want = torch.stack([torch.stack([permuted[b, h, positions[b, h]] for h in range(3)]) for b in range(2)])
+    assert torch.equal(reference.take_rows(permuted, positions), want)

@@ -148,3 +148,16 @@ def test_topk_ties_go_to_the_earlier_token_like_the_teacher_mask() -> None:
     assert topk_sorted(scores, 2).tolist() == [[[1, 3]]]
     assert (descending_ranks(scores)[0, 0] < 2).nonzero().flatten().tolist() == [1, 3]
     assert topk_sorted(scores, 4).tolist() == [[[1, 2, 3, 4]]]  # no tie at the cut: the fast path
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_topk_picks_what_a_stable_sort_picks(seed) -> None:
+    from core.policies.base import topk_sorted
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(2, 3, 300, generator=g)
+    if seed % 2:  # page-constant scores: ties straddle the cut, the stable path decides
+        scores = scores[..., ::10].repeat_interleave(10, dim=-1)
+    scores[..., :4] = float("-inf")
+    want = scores.argsort(dim=-1, descending=True, stable=True)[..., :37].sort(dim=-1).values
+    assert torch.equal(topk_sorted(scores, 37), want)

@@ -48,14 +48,17 @@ def dense_decode_attention(
 def take_rows(cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """cache [B, H, T, D], positions [B, H, K] in [0, T) -> [B, H, K, D].
 
-    One index_select over the cache viewed as B*H*T rows: on CPU ~7x faster than torch.gather with an
-    expanded index. A cache whose (B, H, T) dims cannot be merged into a view (a slice of a larger
-    static cache) falls back to advanced indexing rather than copying the whole cache.
+    One index_select over the cache's rows: on CPU ~7x faster than torch.gather with an expanded index.
+    A view of the filled part of a larger preallocated buffer (core.kvcache) is addressed through the
+    buffer's own row layout, so it is never copied; any other layout falls back to advanced indexing.
     """
     b, h, t, d = cache.shape
-    if cache.stride(0) == h * cache.stride(1) and cache.stride(1) == t * cache.stride(2):
-        offsets = torch.arange(b * h, device=cache.device).view(b, h, 1) * t
-        return cache.flatten(0, 2).index_select(0, (positions + offsets).flatten()).view(b, h, -1, d)
+    row = cache.stride(2)
+    if cache.stride(3) == 1 and row >= d and cache.stride(1) % row == 0 and cache.stride(0) == h * cache.stride(1):
+        per_head = cache.stride(1) // row  # rows reserved per head (>= t)
+        rows = cache.as_strided(((b * h - 1) * per_head + t, d), (row, 1))
+        offsets = torch.arange(b * h, device=cache.device).view(b, h, 1) * per_head
+        return rows.index_select(0, (positions + offsets).flatten()).view(b, h, -1, d)
     heads = torch.arange(h, device=cache.device)[None, :, None]
     return cache[torch.arange(b, device=cache.device)[:, None, None], heads, positions]
 
