@@ -33,8 +33,10 @@ GNU_INFO = Path("/usr/share/info")
 
 
 def chat_cache_dir() -> Path:
-    """Where the generated chat answers live (TOKENBUTLER_CACHE, default ~/.cache/tokenbutler)."""
-    return Path(os.environ.get("TOKENBUTLER_CACHE", Path.home() / ".cache" / "tokenbutler")) / "chat"
+    """Where the generated chat answers live: assets/corpus/chat (committed, so a training run resumed
+    on another machine sees the same corpus), or TOKENBUTLER_CHAT_DIR."""
+    default = Path(__file__).resolve().parent.parent / "assets" / "corpus" / "chat"
+    return Path(os.environ.get("TOKENBUTLER_CHAT_DIR", default))
 
 
 @dataclass(frozen=True)
