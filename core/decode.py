@@ -17,9 +17,11 @@ from transformers.cache_utils import Cache
 
 from core.attention import SparseSession, activate
 from core.budget import Budget
-from core.kvcache import preallocated_cache
+from core.capture import views_from_capture
+from core.kvcache import fork_cache, preallocated_cache
 from core.models import LoadedModel
 from core.policies import Policy, make_policy
+from core.policies.base import LayerView
 from core.trace import ReadStats, StepTrace
 
 
@@ -115,31 +117,74 @@ def decode_tokens(lm: LoadedModel, session: SparseSession, cache: Cache, tokens:
     return torch.cat(rows) if rows else torch.empty(0, lm.spec.vocab_size, device=lm.device)
 
 
-def generate(
-    lm: LoadedModel,
-    prompt: str | torch.Tensor,
-    policy: Policy | str = "dense",
-    budget: Budget | None = None,
-    config: GenerationConfig | None = None,
-) -> Iterator[StepEvent]:
-    """Stream tokens decoded with `policy` reading `budget` past tokens per KV head at every step."""
-    config = config or GenerationConfig()
-    budget = budget or Budget.dense()
-    policy = resolve_policy(policy)
+@dataclass
+class Prefilled:
+    """A prompt's dense prefill: the prefill is dense for every method, so one serves them all, each
+    decoding from its own copy of the cache (`generate(..., prefilled=...)`)."""
+
+    ids: torch.Tensor  # [1, P]
+    logits: torch.Tensor  # [1, V], the last prompt row
+    cache: Cache
+    views: dict[int, LayerView]  # per layer, the prompt's queries and keys (a recurrence's prefill state)
+    seconds: float
+
+
+def prompt_tensor(lm: LoadedModel, prompt: str | torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+    """Token ids [1, P] on the model's device, checked against the context with the new tokens."""
     ids = prompt if isinstance(prompt, torch.Tensor) else encode_prompt(lm, prompt, config.chat, config.max_new_tokens)
     if ids.numel() == 0:
         raise PromptError("The prompt is empty: type some text to decode from.")
     ids = ids.view(1, -1).to(lm.device)
-    prompt_len = ids.shape[1]
-    if prompt_len + config.max_new_tokens > lm.spec.max_context:
+    if ids.shape[1] + config.max_new_tokens > lm.spec.max_context:
         raise PromptError(
-            f"{prompt_len} prompt tokens + {config.max_new_tokens} new exceed the context of {lm.spec.max_context}."
+            f"{ids.shape[1]} prompt tokens + {config.max_new_tokens} new exceed the context of {lm.spec.max_context}."
         )
-    policy.reset()
-    session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len, stats=ReadStats())
-    generator = torch.Generator().manual_seed(config.seed)
-    cache = preallocated_cache(lm.model.config, prompt_len + config.max_new_tokens)
+    return ids
+
+
+def prefill_prompt(lm: LoadedModel, prompt: str | torch.Tensor, config: GenerationConfig | None = None) -> Prefilled:
+    """Run a prompt's dense prefill once, keeping what every method's decoding starts from."""
+    config = config or GenerationConfig()
+    ids = prompt_tensor(lm, prompt, config)
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    session = SparseSession(
+        make_policy("dense"), Budget.dense(), mode="decode", prompt_len=ids.shape[1], capture=captured
+    )
+    cache = preallocated_cache(lm.model.config, ids.shape[1])
+    start = time.perf_counter()
     logits = prefill(lm, session, cache, ids)
+    views = views_from_capture(captured, lm.spec.head_dim**-0.5)
+    return Prefilled(ids, logits, cache, views, time.perf_counter() - start)
+
+
+def generate(
+    lm: LoadedModel,
+    prompt: str | torch.Tensor | Prefilled,
+    policy: Policy | str = "dense",
+    budget: Budget | None = None,
+    config: GenerationConfig | None = None,
+) -> Iterator[StepEvent]:
+    """Stream tokens decoded with `policy` reading `budget` past tokens per KV head at every step.
+
+    Given a `Prefilled` prompt, decoding starts from a copy of its cache instead of a new prefill."""
+    config = config or GenerationConfig()
+    budget = budget or Budget.dense()
+    policy = resolve_policy(policy)
+    policy.reset()
+    if isinstance(prompt, Prefilled):
+        ids = prompt_tensor(lm, prompt.ids, config)
+        prompt_len = ids.shape[1]
+        session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
+        cache = fork_cache(prompt.cache, prompt_len + config.max_new_tokens)
+        session.observe_prefill(prompt.views)
+        logits = prompt.logits
+    else:
+        ids = prompt_tensor(lm, prompt, config)
+        prompt_len = ids.shape[1]
+        session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
+        cache = preallocated_cache(lm.model.config, prompt_len + config.max_new_tokens)
+        logits = prefill(lm, session, cache, ids)
+    generator = torch.Generator().manual_seed(config.seed)
     eos = set(_eos_ids(lm))
     generated: list[int] = []
     text = ""

@@ -63,3 +63,13 @@ def preallocated_cache(config: PretrainedConfig, capacity: int) -> Cache:
     """One `PreallocatedLayer` of `capacity` rows per decoder layer."""
     layers = config.get_text_config(decoder=True).num_hidden_layers
     return Cache(layers=[PreallocatedLayer(capacity) for _ in range(layers)])
+
+
+def fork_cache(cache: Cache, capacity: int) -> Cache:
+    """A copy of a filled cache with room for `capacity` rows, so several runs can decode from one prefill."""
+    layers = []
+    for old in cache.layers:
+        layer = PreallocatedLayer(capacity)
+        layer.update(old.keys, old.values)
+        layers.append(layer)
+    return Cache(layers=layers)

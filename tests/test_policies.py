@@ -161,3 +161,17 @@ def test_fast_topk_picks_what_a_stable_sort_picks(seed) -> None:
     scores[..., :4] = float("-inf")
     want = scores.argsort(dim=-1, descending=True, stable=True)[..., :37].sort(dim=-1).values
     assert torch.equal(topk_sorted(scores, 37), want)
+
+
+@pytest.mark.parametrize("name", ["dense", "tokenbutler", "h2o", "snapkv", "quest"])
+def test_decoding_from_a_shared_prefill_equals_decoding_from_the_prompt(tiny_lm, name):
+    from core.decode import prefill_prompt
+
+    config = GenerationConfig(max_new_tokens=8, stop_at_eos=False)
+    shared = prefill_prompt(tiny_lm, prompt_ids(40), config)
+    for _ in range(2):  # each run decodes from its own copy: the shared cache is never written
+        forked = list(generate(tiny_lm, shared, build(name, tiny_lm), Budget(ratio=0.3), config))
+        fresh = list(generate(tiny_lm, prompt_ids(40), build(name, tiny_lm), Budget(ratio=0.3), config))
+        assert [e.token_id for e in forked] == [e.token_id for e in fresh]
+        assert all(torch.allclose(a.logits, b.logits, atol=1e-5) for a, b in zip(forked, fresh, strict=True))
+    assert shared.cache.get_seq_length() == 40

@@ -10,12 +10,11 @@ import torch
 
 from core.attention import SparseSession
 from core.budget import Budget
-from core.capture import capture_views, views_from_capture
-from core.decode import decode_forced, decode_tokens, forward_teacher, prefill
-from core.kvcache import preallocated_cache
+from core.capture import capture_views
+from core.decode import GenerationConfig, decode_forced, decode_tokens, forward_teacher, prefill_prompt
 from core.metrics import row_indices, selection_metrics
 from core.models import LoadedModel
-from core.policies import Policy, make_policy
+from core.policies import Policy
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -69,11 +68,8 @@ def task_cells(
     answer = torch.as_tensor(sample.answer_positions, dtype=torch.long)
     if int(answer.min()) < prompt_len:
         raise ValueError(f"answer positions {answer.tolist()} start inside the prompt (prompt_len {prompt_len}).")
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    cache = preallocated_cache(lm.model.config, int(answer.max()))
-    dense = SparseSession(make_policy("dense"), Budget.dense(), mode="decode", prompt_len=prompt_len, capture=captured)
-    last = prefill(lm, dense, cache, ids[:, :prompt_len])
-    views = views_from_capture(captured, lm.spec.head_dim**-0.5)
+    shared = prefill_prompt(lm, ids[:, :prompt_len], GenerationConfig(max_new_tokens=ids.shape[1] - prompt_len + 1))
+    cache, last, views = shared.cache, shared.logits, shared.views
     targets = ids[0, answer].cpu()
     cells = {}
     for name, policy in policies.items():
