@@ -1,9 +1,18 @@
-"""Decode speed on CPU: transformers' own generate vs our dense path vs every policy at one budget.
+"""Decode speed on CPU against context length: transformers' generate, our dense path, sparse methods.
 
-Embedded model, a fixed 256-token prompt (real text), 128 new tokens, greedy, batch 1.
-Prints a markdown table and writes assets/results/decode_cpu.json.
+For each context (real held-out text, consecutive, of 1k-8k tokens) and thread count, the prompt is
+prefilled once for our rows (`core.decode.prefill_prompt`; every method decodes from its own copy)
+and `--new-tokens` tokens are decoded greedily, batch 1, untraced. Decode tokens/s excludes the
+prefill for every row: for transformers' generate, a logits processor stamps the time of each step
+and the rate is taken from the first to the last step.
 
-    python benchmarks/bench_decode_cpu.py [--prompt-tokens 256] [--new-tokens 128] [--budget 50%]
+Rows: transformers generate (its default DynamicCache, then a StaticCache), our dense, and each
+sparse method at each budget. Per row: tokens/s, ratios to our dense and to generate, the bytes
+a step reads (weights + K/V rows read + the method's side data: TokenButler's key cache, Quest's
+page bounds) and the implied GB/s. Writes assets/results/decode_cpu.json and decode_cpu.png.
+
+    python benchmarks/bench_decode_cpu.py                       # 1k,2k,4k,8k x 1,2 threads
+    python benchmarks/bench_decode_cpu.py --contexts 1024 --threads 1 --new-tokens 16   # quick look
 """
 
 from __future__ import annotations
@@ -11,101 +20,192 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import pydoc_data.topics
 import time
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
+from core.args import split_csv
 from core.budget import Budget
-from core.decode import GenerationConfig, generate
-from core.models import DEFAULT_MODEL, load
-from core.policies import make_policy, policy_names
+from core.data import token_chunks
+from core.decode import GenerationConfig, Prefilled, generate, prefill_prompt
+from core.models import DEFAULT_MODEL, LoadedModel, load
+from core.palette import color
+from core.policies import make_policy
 
-OUT = Path(__file__).resolve().parent.parent / "assets" / "results" / "decode_cpu.json"
-
-
-def prompt_ids(lm, n: int) -> torch.Tensor:
-    text = " ".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
-    return lm.tokenizer(text, return_tensors="pt")["input_ids"][:, :n]
+RESULTS = Path(__file__).resolve().parent.parent / "assets" / "results"
+METHODS = ("tokenbutler", "quest", "streaming", "h2o")
 
 
-def time_hf_generate(lm, ids: torch.Tensor, new: int) -> float:
-    """Stock transformers generate with SDPA (no session is active, so our function is plain SDPA)."""
-    start = time.perf_counter()
+class StepClock(LogitsProcessor):
+    """Stamps the time of every generation step (the first stamp comes right after the prefill)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def real_text(lm: LoadedModel, tokens: int) -> torch.Tensor:
+    """`tokens` consecutive held-out tokens of one source (the first long enough)."""
+    return token_chunks(lm.tokenizer, "heldout", tokens, max_chunks=1, order="in-order")[0].view(1, -1)
+
+
+def hf_rate(lm: LoadedModel, ids: torch.Tensor, new: int, cache: str | None) -> float:
+    """Decode tokens/s of transformers' own generate (stock SDPA: no session is active)."""
+    clock = StepClock()
+    extra = {"cache_implementation": cache} if cache else {}
     with torch.inference_mode():
-        out = lm.model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-    elapsed = time.perf_counter() - start
-    assert out.shape[1] == ids.shape[1] + new
-    return new / elapsed
+        lm.model.generate(
+            ids,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([clock]),
+            **extra,
+        )
+    return (len(clock.stamps) - 1) / (clock.stamps[-1] - clock.stamps[0])
 
 
-def time_ours(lm, ids: torch.Tensor, new: int, policy: str, budget: Budget) -> tuple[float, float]:
-    """Tokens/s over the whole call (prefill included, like generate) and the achieved sparsity."""
+def our_rate(lm: LoadedModel, shared: Prefilled, new: int, name: str, budget: Budget) -> tuple[float, float]:
+    """Decode tokens/s from the shared prefill, untraced, and the share of K/V rows read."""
     config = GenerationConfig(max_new_tokens=new, stop_at_eos=False)
-    start = time.perf_counter()
-    events = list(generate(lm, ids, make_policy(policy), budget, config))
-    elapsed = time.perf_counter() - start
-    return len(events) / elapsed, events[-1].sparsity
+    stamps, last = [], None
+    for event in generate(lm, shared, make_policy(name), budget, config):
+        stamps.append(time.perf_counter())
+        last = event
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0]), 1 - last.sparsity
+
+
+def bytes_per_step(lm: LoadedModel, context: int, read_share: float, name: str) -> float:
+    """Weights + K/V rows read + side data, per decode step, at `context` tokens (mean over the run)."""
+    spec = lm.spec
+    elem = torch.finfo(lm.dtype).bits // 8
+    weights = lm.parameter_count * elem
+    kv_row = 2 * spec.num_kv_heads * spec.head_dim * elem  # K and V of one token in one layer
+    kv = spec.num_layers * context * kv_row * read_share
+    side = 0.0
+    if name == "tokenbutler":
+        policy = make_policy("tokenbutler")
+        dim = policy.predictor.config.dim
+        side = (spec.num_layers - 1) * spec.num_kv_heads * dim * context * elem
+    elif name == "quest":
+        page = make_policy("quest").page_size
+        side = spec.num_layers * spec.num_kv_heads * 2 * spec.head_dim * (context / page) * elem
+    return weights + kv + side
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(1, len(threads), figsize=(6 * len(threads), 4.2), squeeze=False)
+    for ax, count in zip(axes[0], threads, strict=True):
+        labels = dict.fromkeys(r["label"] for r in rows if r["threads"] == count)
+        for label in labels:
+            mine = sorted(
+                (r for r in rows if r["threads"] == count and r["label"] == label), key=lambda r: r["context"]
+            )
+            method = mine[0]["method"]
+            style = {"linestyle": ":" if "25%" in label else "-", "marker": "o"}
+            hf = method.startswith("transformers")
+            ax.plot(
+                [r["context"] for r in mine],
+                [r["tokens_per_s"] for r in mine],
+                label=label,
+                color="black" if hf else color(method),
+                alpha=0.6 if "static" in label else 1.0,
+                **style,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel("decode tokens/s")
+        ax.set_title(f"{count} thread{'s' if count > 1 else ''}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--prompt-tokens", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--budget", default="50%")
-    parser.add_argument("--repeats", type=int, default=3, help="best of N runs per row")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--contexts", default="1024,2048,4096,8000", help="prompt tokens, comma list")
+    parser.add_argument("--threads", default="1,2", help="torch thread counts, comma list")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--budgets", default="25%,10%")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--out", type=Path, default=RESULTS / "decode_cpu.json")
     args = parser.parse_args()
     lm = load(args.model)
-    ids = prompt_ids(lm, args.prompt_tokens)
-    budget = Budget.parse(args.budget)
-    time_hf_generate(lm, ids, 8)  # warm-up
-    rows = [
-        {
-            "method": "transformers generate (sdpa)",
-            "budget": "-",
-            "tokens_per_s": max(time_hf_generate(lm, ids, args.new_tokens) for _ in range(args.repeats)),
-            "sparsity": 0.0,
-        }
-    ]
-    for name in policy_names():
-        bud = Budget.dense() if name == "dense" else budget
-        try:
-            runs = [time_ours(lm, ids, args.new_tokens, name, bud) for _ in range(args.repeats)]
-        except FileNotFoundError as err:
-            print(f"skipping {name}: {err}")
-            continue
+    contexts = [int(c) for c in split_csv(args.contexts)]
+    budgets = [Budget.parse(b) for b in split_csv(args.budgets)]
+    rows: list[dict] = []
+
+    def add(method: str, label: str, context: int, count: int, rate: float, share: float) -> None:
+        step_bytes = bytes_per_step(lm, context, share, method)
         rows.append(
             {
-                "method": f"ours: {name}",
-                "budget": bud.label,
-                "tokens_per_s": max(r[0] for r in runs),
-                "sparsity": runs[0][1],
+                "method": method,
+                "label": label,
+                "context": context,
+                "threads": count,
+                "tokens_per_s": rate,
+                "read_share": share,
+                "bytes_per_step": step_bytes,
+                "gb_per_s": step_bytes * rate / 1e9,
             }
         )
-    base = rows[0]["tokens_per_s"]
-    print(
-        f"\n{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, CPU ({torch.get_num_threads()} threads)\n"
-    )
-    print("| method | budget | tokens/s | vs generate | achieved sparsity |\n|---|---|---|---|---|")
-    for row in rows:
-        row["relative"] = row["tokens_per_s"] / base
         print(
-            f"| {row['method']} | {row['budget']} | {row['tokens_per_s']:.1f} | {row['relative']:.2f}x "
-            f"| {row['sparsity']:.1%} |"
+            f"{count}t {context:>5} {label:28} {rate:6.2f} tok/s  reads {share:6.1%}  {step_bytes * rate / 1e9:5.1f} GB/s"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    for count in [int(t) for t in split_csv(args.threads)]:
+        torch.set_num_threads(count)
+        for context in contexts:
+            ids = real_text(lm, context)
+            hf_rate(lm, ids[:, :64], 4, None)  # warm-up
+            add("transformers", "transformers generate", context, count, hf_rate(lm, ids, args.new_tokens, None), 1.0)
+            static = hf_rate(lm, ids, args.new_tokens, "static")
+            add("transformers", "transformers generate (static)", context, count, static, 1.0)
+            shared = prefill_prompt(lm, ids, GenerationConfig(max_new_tokens=args.new_tokens))
+            add("dense", "ours: dense", context, count, *our_rate(lm, shared, args.new_tokens, "dense", Budget.dense()))
+            for name in split_csv(args.methods):
+                for budget in budgets:
+                    rate, share = our_rate(lm, shared, args.new_tokens, name, budget)
+                    add(name, f"ours: {name} @ {budget.label}", context, count, rate, share)
+            del shared
+    for row in rows:
+        same = [r for r in rows if r["context"] == row["context"] and r["threads"] == row["threads"]]
+        row["vs_our_dense"] = row["tokens_per_s"] / next(r["tokens_per_s"] for r in same if r["label"] == "ours: dense")
+        row["vs_generate"] = row["tokens_per_s"] / next(
+            r["tokens_per_s"] for r in same if r["label"] == "transformers generate"
+        )
+    print("\n| threads | context | method | tokens/s | vs our dense | vs generate | K/V rows read | GB/step | GB/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['threads']} | {r['context']} | {r['label']} | {r['tokens_per_s']:.2f} | {r['vs_our_dense']:.2f}x "
+            f"| {r['vs_generate']:.2f}x | {r['read_share']:.1%} | {r['bytes_per_step'] / 1e9:.3f} | {r['gb_per_s']:.1f} |"
+        )
     meta = {
         "model": args.model,
-        "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens,
-        "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "cpu_count": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": str(lm.dtype),
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"\nwrote {args.out}")
+    figure(rows, args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

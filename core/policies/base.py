@@ -54,9 +54,11 @@ class LayerView:
 
     def true_logits(self) -> torch.Tensor:
         """[B, Hq, Q, T] fp32 pre-softmax scores of the real queries, -inf beyond each row's past."""
-        if self.logits is None:
-            key = self.key.repeat_interleave(self.group, dim=1)
-            logits = torch.matmul(self.query.float(), key.float().transpose(-1, -2)) * self.scale
+        if self.logits is None:  # each GQA group's query rows in one matmul: K is never copied per head
+            b, hq, q, d = self.query.shape
+            hkv = self.key.shape[1]
+            grouped = self.query.float().reshape(b, hkv, (hq // hkv) * q, d)
+            logits = (torch.matmul(grouped, self.key.float().transpose(-1, -2)) * self.scale).view(b, hq, q, -1)
             self.logits = logits.masked_fill(~self.causal(), float("-inf"))
         return self.logits
 

@@ -6,7 +6,7 @@ keys' q.k; the top pages are read. Pages only ever contain keys the row may see 
 page uses the running bounds up to the current token). The first two layers stay dense (as in Quest).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,10 +14,33 @@ from core.policies.base import LayerView, Policy
 
 
 def page_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
-    """sum_i max(q_i*min_i, q_i*max_i), written as two matmuls: relu(q).max + min(q, 0).min."""
-    return torch.matmul(query.clamp(min=0), kmax.transpose(-1, -2)) + torch.matmul(
-        query.clamp(max=0), kmin.transpose(-1, -2)
+    """[B, Hq, Q, D] queries x [B, Hkv, P, D] page bounds -> [B, Hq, Q, P] upper bounds on q.k.
+
+    sum_i max(q_i*min_i, q_i*max_i), written as two matmuls: relu(q).max + min(q, 0).min. Each GQA
+    group's query rows share one matmul against their KV head's bounds (no per-head copy)."""
+    b, hq, q, d = query.shape
+    hkv = kmin.shape[1]
+    grouped = query.reshape(b, hkv, (hq // hkv) * q, d)
+    bound = torch.matmul(grouped.clamp(min=0), kmax.transpose(-1, -2)) + torch.matmul(
+        grouped.clamp(max=0), kmin.transpose(-1, -2)
     )
+    return bound.view(b, hq, q, -1)
+
+
+@dataclass
+class PageCache:
+    """One layer's bounds of its complete pages, extended as decoding completes pages."""
+
+    kmin: torch.Tensor  # [B, Hkv, P, D]
+    kmax: torch.Tensor
+
+    def extend(self, key: torch.Tensor, pages: int, size: int) -> None:
+        done = self.kmin.shape[2]
+        if pages > done:
+            b, hkv, _, d = key.shape
+            tiles = key[:, :, done * size : pages * size].float().reshape(b, hkv, pages - done, size, d)
+            self.kmin = torch.cat([self.kmin, tiles.amin(dim=3)], dim=2)
+            self.kmax = torch.cat([self.kmax, tiles.amax(dim=3)], dim=2)
 
 
 @dataclass(eq=False)
@@ -27,8 +50,37 @@ class QuestPolicy(Policy):
     first_sparse_layer = 2
 
     page_size: int = 16
+    pages: dict[int, PageCache] = field(default_factory=dict, init=False, repr=False)
+
+    def reset(self) -> None:
+        self.pages = {}
 
     def scores(self, view: LayerView) -> torch.Tensor:
+        t = view.context
+        if view.positions.numel() == 1 and int(view.positions[0]) == t - 1:
+            return self._decode_scores(view)
+        return self._row_scores(view)
+
+    def _decode_scores(self, view: LayerView) -> torch.Tensor:
+        """One decode row: cached bounds of the complete pages before the current one, running bounds of it."""
+        key, ps, t = view.key, self.page_size, view.context
+        current = (t - 1) // ps
+        cache = self.pages.get(view.layer)
+        if cache is None or cache.kmin.shape[2] > current or cache.kmin.shape[:2] != key.shape[:2]:
+            empty = key.new_empty(*key.shape[:2], 0, key.shape[-1], dtype=torch.float32)
+            cache = self.pages[view.layer] = PageCache(empty, empty.clone())
+        cache.extend(key, current, ps)
+        tail = key[:, :, current * ps : t].float()
+        query = view.query.float()
+        full = page_bounds(
+            query,
+            torch.cat([cache.kmin, tail.amin(2, keepdim=True)], 2),
+            torch.cat([cache.kmax, tail.amax(2, keepdim=True)], 2),
+        )  # [B, Hq, 1, P]
+        return full.repeat_interleave(ps, dim=-1)[..., :t]
+
+    def _row_scores(self, view: LayerView) -> torch.Tensor:
+        """Any rows (teacher forcing): each row's partial page uses the running bounds up to its position."""
         key = view.key.float()
         b, hkv, t, d = key.shape
         ps = self.page_size
@@ -44,7 +96,7 @@ class QuestPolicy(Policy):
         full_max = run_max[:, :, last.clamp(max=t - 1)]
         g = view.group
         query = view.query.float()
-        full = page_bounds(query, full_min.repeat_interleave(g, 1), full_max.repeat_interleave(g, 1))  # [B,Hq,Q,P]
+        full = page_bounds(query, full_min, full_max)  # [B,Hq,Q,P]
         pos = view.positions
         part_min = run_min[:, :, pos].repeat_interleave(g, 1)  # [B,Hq,Q,D]
         part_max = run_max[:, :, pos].repeat_interleave(g, 1)
