@@ -25,7 +25,6 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
-import torch
 
 from app import figures, markup
 from app.gpu import gpu
@@ -202,10 +201,11 @@ def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
         runs = [mine] if method == "dense" else [mine, markup.RunSummary("dense", state="waiting")]
         stats, figure = Ticker(STATS_EVERY_S), Ticker(LIVE_FIGURE_EVERY_S)
         text = ""
-        for event in decode.generate(lm, ids, policy, budget, config):
+        shared = decode.prefill_prompt(lm, ids, config)  # dense for every method: one prefill serves both runs
+        for event in decode.generate(lm, shared, policy, budget, config):
             record.add_token(lm, event.token_id, event.trace)
             text = event.text
-            mine.tokens, mine.sparsity, mine.tokens_per_s = event.index + 1, event.sparsity, event.tokens_per_s
+            mine.update(event)
             update: Updates = {out.method_text: text}
             if event.index == 0:  # handed to gr.State once, then it grows in place: Inspect reads it mid-run
                 update[out.record] = record
@@ -218,7 +218,7 @@ def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
         if method == "dense":
             dense_text, note = text, "Dense is the reference: pick a sparse method to compare against it."
         else:
-            dense_text, dense_ids = yield from _stream_dense(lm, ids, config, runs, out)
+            dense_text, dense_ids = yield from _stream_dense(lm, shared, config, runs, out)
             note = markup.difference_note(method, record.generated_ids, dense_ids, lm.tokenizer.decode)
         frequency = keep_frequency(record.traces, record.prompt_len)
         yield {out.method_text: text, out.dense_text: dense_text, out.stats: markup.stats_markdown(runs, note),
@@ -228,9 +228,9 @@ def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
     return generate
 
 
-def _stream_dense(lm: LoadedModel, ids: torch.Tensor, config: decode.GenerationConfig,
+def _stream_dense(lm: LoadedModel, shared: decode.Prefilled, config: decode.GenerationConfig,
                   runs: list[markup.RunSummary], out: RunViews) -> Iterator[Updates]:
-    """Dense decoding of the same prompt with the same sampling, streamed into the right-hand box.
+    """Dense decoding (untraced) from the same prefill with the same sampling, streamed into the right-hand box.
 
     Returns (dense text, generated ids).
     """
@@ -241,9 +241,10 @@ def _stream_dense(lm: LoadedModel, ids: torch.Tensor, config: decode.GenerationC
     dense_ids: list[int] = []
     text = ""
     stats = Ticker(STATS_EVERY_S)
-    for event in decode.generate(lm, ids, "dense", Budget.dense(), plain):
+    for event in decode.generate(lm, shared, "dense", Budget.dense(), plain):
         dense_ids.append(event.token_id)
-        text, dense.tokens, dense.tokens_per_s = event.text, event.index + 1, event.tokens_per_s
+        text = event.text
+        dense.update(event)
         update: Updates = {out.dense_text: text}
         if stats.due():
             update[out.stats] = markup.stats_markdown(runs)

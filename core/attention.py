@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -152,12 +153,14 @@ def policy_attention(
     reads_all = indices is None or indices.shape[-1] == t
     session.stats.add(hkv * (t if reads_all else indices.shape[-1]), hkv * t)
     if session.trace is not None:
+        started = time.perf_counter()
         scores = None if selection is None else selection.scores
         session.trace.layers[layer] = LayerTrace(
             true_probs=view.true_probs()[0, :, 0, :].half().cpu(),
             scores=None if scores is None else scores[0].float().half().cpu(),
             kept=None if indices is None else indices[0].int().cpu(),
         )
+        session.stats.trace_seconds += time.perf_counter() - started
     if reads_all:
         return _dense_step(*dense_args, **kwargs), None
     return _gathered(query, key, value, indices, scale), None

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from core.models import LoadedModel
-from core.sources import Document
+from core.sources import ANSWERS_FILE, read_chat
 
-ANSWERS_FILE = "answers.jsonl"
 TASKS = (
     "Explain {t} to a beginner.",
     "Write a short story that involves {t}.",
@@ -101,15 +99,6 @@ def instructions(count: int, seed: int) -> list[str]:
     if count > len(pairs):
         raise ValueError(f"At most {len(pairs)} distinct instructions, asked for {count}.")
     return pairs[:count]
-
-
-def read_chat(folder: Path) -> Iterator[Document]:
-    """The cached conversations, in the order they were generated."""
-    path = folder / ANSWERS_FILE
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            yield Document(record["id"], record["text"])
 
 
 def generate_chat(

@@ -60,10 +60,11 @@ class StepEvent:
     text: str
     prompt_tokens: int
     sparsity: float
-    tokens_per_s: float
+    tokens_per_s: float  # decode rate so far, tracing included
     trace: StepTrace | None
     done: bool
     logits: torch.Tensor | None = None
+    untraced_tokens_per_s: float = 0.0  # the same rate with the time spent tracing taken out
 
 
 def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = True, reserve: int = 0) -> torch.Tensor:
@@ -188,7 +189,7 @@ def generate(
     eos = set(_eos_ids(lm))
     generated: list[int] = []
     text = ""
-    start = time.perf_counter()
+    decoding = 0.0  # seconds inside the model's decode steps only (not the consumer's work between yields)
     trace = None
     for index in range(config.max_new_tokens):
         token = _next_token(logits[0], config, generator)
@@ -196,7 +197,7 @@ def generate(
         new_text = lm.tokenizer.decode(generated, skip_special_tokens=True)
         delta, text = new_text[len(text) :], new_text
         done = index == config.max_new_tokens - 1 or (config.stop_at_eos and token in eos)
-        elapsed = time.perf_counter() - start
+        untraced = decoding - session.stats.trace_seconds
         yield StepEvent(
             index,
             token,
@@ -204,16 +205,19 @@ def generate(
             text,
             prompt_len,
             session.stats.sparsity,
-            index / elapsed if index and elapsed > 0 else 0.0,
+            index / decoding if index and decoding > 0 else 0.0,
             trace,
             done,
             logits[0],
+            index / untraced if index and untraced > 0 else 0.0,
         )
         if done:
             return
         trace = StepTrace(position=prompt_len + index) if config.trace else None
         session.trace = trace
+        started = time.perf_counter()
         logits = decode_tokens(lm, session, cache, torch.tensor([[token]], device=lm.device))
+        decoding += time.perf_counter() - started
 
 
 def _eos_ids(lm: LoadedModel) -> list[int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import html.parser
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+ANSWERS_FILE = "answers.jsonl"  # the chat source, one JSON record per line
 BLOCK_CHARS = 12_000  # long single files are cut into documents of about this size
 PYTHON_DOC_SOURCES = Path("/usr/share/doc/python3.11/html/_sources")
 DEBIAN_REFERENCE = Path("/usr/share/debian-reference/debian-reference.en.txt.gz")
@@ -146,9 +148,16 @@ def _info_manuals() -> list[Path]:
     return [p for p in GNU_INFO.glob("*.info*.gz") if not p.name.startswith("python")]
 
 
-def _chat() -> Iterator[Document]:
-    from core.chatdata import read_chat
+def read_chat(folder: Path) -> Iterator[Document]:
+    """The cached conversations (`core.chatdata` writes them), in the order they were generated."""
+    path = folder / ANSWERS_FILE
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            yield Document(record["id"], record["text"])
 
+
+def _chat() -> Iterator[Document]:
     yield from read_chat(chat_cache_dir())
 
 
@@ -196,7 +205,7 @@ SOURCES: dict[str, Source] = {
         Source(
             "chat",
             "python -m core corpus chat (the model's own answers)",
-            lambda: chat_cache_dir() / "answers.jsonl",
+            lambda: chat_cache_dir() / ANSWERS_FILE,
             _chat,
         ),
         Source(

@@ -26,10 +26,12 @@ class StepTrace:
 
 @dataclass
 class ReadStats:
-    """Counts of K/V rows read against rows a dense step would read, for the achieved sparsity."""
+    """Counts of K/V rows read against rows a dense step would read (the achieved sparsity), and the time
+    spent tracing, so speed can be shown without the cost of the page's instrumentation."""
 
     read: int = 0
     total: int = 0
+    trace_seconds: float = 0.0  # time spent recording traces (true attention, copies), not decoding
 
     def add(self, read: int, total: int) -> None:
         self.read += read
