@@ -70,14 +70,15 @@ def _dense(module, query, key, value, attention_mask, scaling, dropout, **kwargs
 
 
 def decode_kernel_applies(query: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
-    """One CUDA query row with nothing masked: the dense decode kernel (flash-attn, else SDPA flash) runs."""
-    if not query.is_cuda or query.shape[2] != 1:
+    """One query row with nothing masked: the dense decode kernel runs (flash-attn or SDPA flash on CUDA;
+    on CPU one SDPA per GQA group, ~2x transformers' `enable_gqa` call that an unmasked step takes there)."""
+    if query.shape[2] != 1:
         return False
     return attention_mask is None or (attention_mask.dtype == torch.bool and bool(attention_mask.all()))
 
 
 def _dense_step(module, query, key, value, attention_mask, scaling, dropout, **kwargs) -> torch.Tensor:
-    """A dense decode step: the dense decode kernel on CUDA, transformers' SDPA elsewhere (bit-exact on CPU)."""
+    """A dense step: the dense decode kernel for one unmasked query row, transformers' SDPA otherwise."""
     if not decode_kernel_applies(query, attention_mask):
         return _dense(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     from core.kernels import dense_decode_attention

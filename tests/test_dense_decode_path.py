@@ -1,5 +1,5 @@
-"""Dense decode steps: the decode kernel route (flash-attn / SDPA flash on CUDA) gives the same logits
-as transformers' SDPA path, and off CUDA the SDPA path is kept (bit-exact with transformers)."""
+"""Dense decode steps: the decode kernel route (flash-attn / SDPA flash on CUDA, grouped SDPA on CPU)
+gives the same logits as transformers' SDPA path, and takes only one unmasked query row."""
 
 from __future__ import annotations
 
@@ -16,20 +16,24 @@ def decode_logits(lm) -> torch.Tensor:
     return torch.stack([e.logits for e in generate(lm, ids, "dense", Budget.dense(), config)])
 
 
-def test_cpu_keeps_the_sdpa_path() -> None:
-    assert not attention.decode_kernel_applies(torch.zeros(1, 4, 1, 16), None)
+def test_the_decode_kernel_takes_one_unmasked_row_only() -> None:
+    assert attention.decode_kernel_applies(torch.zeros(1, 4, 1, 16), None)
+    assert not attention.decode_kernel_applies(torch.zeros(1, 4, 2, 16), None)
+    assert not attention.decode_kernel_applies(torch.zeros(1, 4, 1, 16), torch.tensor([[[[True, False]]]]))
 
 
-def test_decode_kernel_route_matches_sdpa(tiny_lm, monkeypatch) -> None:
-    expected = decode_logits(tiny_lm)
+def test_decode_kernel_route_matches_transformers_sdpa(tiny_lm, monkeypatch) -> None:
     used = []
 
-    def route_always(query, mask):
-        used.append(query.shape[2])
-        return query.shape[2] == 1
+    def route(query, mask):
+        applies = real(query, mask)
+        used.append(applies)
+        return applies
 
-    monkeypatch.setattr(attention, "decode_kernel_applies", route_always)
+    real = attention.decode_kernel_applies
+    monkeypatch.setattr(attention, "decode_kernel_applies", route)
     routed = decode_logits(tiny_lm)
-    assert 1 in used
+    assert any(used)
+    monkeypatch.setattr(attention, "decode_kernel_applies", lambda query, mask: False)
+    expected = decode_logits(tiny_lm)
     assert torch.allclose(routed, expected, atol=1e-5)
-

@@ -3,8 +3,8 @@
 On CUDA, flash-attn's `flash_attn_with_kvcache` reads our [B, Hkv, T, D] cache through a transposed view
 (it only needs the head dim contiguous), handles GQA natively and takes `lengths` as `cache_seqlens`.
 Without it, torch SDPA with `enable_gqa` and the flash backend tried first; SDPA's flash backend takes no
-mask, so `lengths` pushes SDPA onto another backend. Off CUDA the plain-torch reference runs, which is
-what makes the CPU sparse path bit-identical to dense.
+mask, so `lengths` pushes SDPA onto another backend. Off CUDA the plain-torch reference runs (one SDPA
+per GQA group, reading the cache in place), the same math as the CPU sparse path over gathered rows.
 """
 
 from __future__ import annotations

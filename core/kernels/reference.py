@@ -40,8 +40,7 @@ def dense_decode_attention(
     if lengths is not None:
         positions = torch.arange(k_cache.shape[2], device=k_cache.device).expand(k_cache.shape[0], -1)
         mask = length_mask(lengths, positions)[:, None, :]
-    # contiguous like gathered rows, so the matmuls see the same layout and sparse-with-every-row is bit-identical
-    return attend(q, k_cache.contiguous(), v_cache.contiguous(), scale, mask)
+    return attend(q, k_cache, v_cache, scale, mask)  # a view of a preallocated cache is read in place
 
 
 def take_rows(cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
