@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from core import attention
 from core.budget import Budget
 from core.data import token_chunks
 from core.decode import GenerationConfig, generate
@@ -57,9 +58,14 @@ def measure(lm, ids: torch.Tensor, budget: Budget, steps: int) -> dict:
     spent = [0.0]
     dense = statistics.median(step_times(lm, ids, make_policy("dense"), Budget.dense(), steps, spent))
     policy = make_policy("tokenbutler")
-    policy.predictor.queries = timed(policy.predictor.queries, spent)
-    policy.select = timed(policy.select, spent)
-    sparse_steps = step_times(lm, ids, policy, budget, steps, spent)
+    policy.predictor.queries = timed(policy.predictor.queries, spent)  # the producers, in the layer hooks
+    selection = attention.decode_selection
+    attention.decode_selection = timed(selection, spent)  # scoring, pooling, protection, top-k per layer
+    try:
+        sparse_steps = step_times(lm, ids, policy, budget, steps, spent)
+    finally:
+        del policy.predictor.queries  # the shared predictor's own method again
+        attention.decode_selection = selection
     per_step = spent[0] / len(sparse_steps)
     return {"context": int(ids.numel()), "dense_step_ms": dense * 1e3,
             "tokenbutler_step_ms": statistics.median(sparse_steps) * 1e3,
