@@ -149,7 +149,9 @@ def policy_attention(
             session.states[layer] = prefill_state(policy, view, session.budget)
         return _dense(*dense_args, **kwargs), None
 
-    selection = decode_selection(policy, session.states.get(layer), view, session.budget.keep(t)) if sparse else None
+    want_scores = session.trace is not None
+    state = session.states.get(layer)
+    selection = decode_selection(policy, state, view, session.budget.keep(t), want_scores) if sparse else None
     indices = None if selection is None else selection.indices
     reads_all = indices is None or indices.shape[-1] == t
     session.stats.add(hkv * (t if reads_all else indices.shape[-1]), hkv * t)

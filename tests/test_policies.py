@@ -175,3 +175,21 @@ def test_decoding_from_a_shared_prefill_equals_decoding_from_the_prompt(tiny_lm,
         assert [e.token_id for e in forked] == [e.token_id for e in fresh]
         assert all(torch.allclose(a.logits, b.logits, atol=1e-5) for a, b in zip(forked, fresh, strict=True))
     assert shared.cache.get_seq_length() == 40
+
+
+@pytest.mark.parametrize(("budget", "fits"), [(Budget(ratio=0.3), True), (Budget(tokens=9), True),
+                                             (Budget(tokens=4), False)])  # 4: protection alone exceeds it
+def test_batched_tokenbutler_decoding_equals_the_per_layer_path(tiny_lm, budget, fits, monkeypatch):
+    """Untraced decoding takes TokenButler's group-batched selection; traced decoding scores per layer."""
+    from core.policies.tokenbutler import TokenButlerPolicy
+
+    batched, real = [], TokenButlerPolicy.decode_indices
+    monkeypatch.setattr(TokenButlerPolicy, "decode_indices",
+                        lambda self, view, keep: batched.append(real(self, view, keep)) or batched[-1])
+    config = GenerationConfig(max_new_tokens=10, stop_at_eos=False)
+    fast = list(generate(tiny_lm, prompt_ids(40), build("tokenbutler", tiny_lm), budget, config))
+    assert (sum(chosen is not None for chosen in batched) >= len(batched) // 2) == fits
+    traced = run(tiny_lm, "tokenbutler", budget, steps=10)
+    assert [e.token_id for e in fast] == [e.token_id for e in traced]
+    assert all(torch.equal(a.logits, b.logits) for a, b in zip(fast, traced, strict=True))
+    assert fast[-1].sparsity == traced[-1].sparsity

@@ -83,25 +83,59 @@ def test_missing_predictor_says_how_to_train_one(tmp_path):
         Predictor.load(tmp_path)
 
 
-def test_projected_key_cache_grows_to_exactly_the_full_projection() -> None:
-    from core.policies.tokenbutler import ProjectedKeys
+def test_group_key_cache_grows_to_exactly_the_full_projection_of_each_layer() -> None:
+    from core.policies.tokenbutler import GroupKeys
 
     torch.manual_seed(0)
-    predictor = Predictor(PredictorConfig(num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16, hidden_size=32,
-                                          fingerprint="x", base_model="x", dim=8, inner=16, group_layers=2))
-    keys = torch.randn(1, 2, 150, 16)
-    cache = ProjectedKeys()
+    predictor = Predictor(
+        PredictorConfig(
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=16,
+            hidden_size=32,
+            fingerprint="x",
+            base_model="x",
+            dim=8,
+            inner=16,
+            group_layers=2,
+        )
+    )
+    keys = {2: torch.randn(1, 2, 150, 16), 3: torch.randn(1, 2, 150, 16)}
+    cache = GroupKeys(2)
     for length in (10, 11, 12, 80, 81, 150):  # a prefill, decode steps, then jumps past the buffer
-        got = cache.update(predictor, 2, keys[:, :, :length])
-        assert torch.equal(got, predictor.project_keys(2, keys[:, :, :length]))
-    shorter = cache.update(predictor, 2, keys[:, :, :5] * 2)  # a new, shorter sequence starts over
-    assert torch.equal(shorter, predictor.project_keys(2, keys[:, :, :5] * 2))
+        for slot, layer in enumerate((2, 3)):
+            got = cache.update(slot, predictor, layer, keys[layer][:, :, :length])
+            assert torch.equal(got, predictor.project_keys(layer, keys[layer][:, :, :length]))
+    assert torch.equal(cache.update(0, predictor, 2, keys[2]), predictor.project_keys(2, keys[2]))
+    shorter = cache.update(0, predictor, 2, keys[2][:, :, :5] * 2)  # a new, shorter sequence starts over
+    assert torch.equal(shorter, predictor.project_keys(2, keys[2][:, :, :5] * 2))
+    query = torch.randn(2, 1, 4, 8)  # one row per layer of the group
+    cache.update(1, predictor, 3, keys[3][:, :, :5])
+    pooled = cache.pooled_scores(query, 5, 8)
+    for slot, layer in enumerate((2, 3)):
+        head = predictor.score_projected(
+            query[slot][:, :, None, :], cache.update(slot, predictor, layer, keys[layer][:, :, :5] * (2 - slot))
+        )
+        assert torch.allclose(pooled[slot], head.view(1, 2, 2, 5).amax(dim=2)[:, :, :5], atol=1e-6)
 
 
 def test_grouped_scores_equal_per_head_products() -> None:
     torch.manual_seed(1)
-    predictor = Predictor(PredictorConfig(num_layers=4, num_heads=6, num_kv_heads=2, head_dim=16, hidden_size=32,
-                                          fingerprint="x", base_model="x", dim=8, inner=16, group_layers=2))
+    predictor = Predictor(
+        PredictorConfig(
+            num_layers=4,
+            num_heads=6,
+            num_kv_heads=2,
+            head_dim=16,
+            hidden_size=32,
+            fingerprint="x",
+            base_model="x",
+            dim=8,
+            inner=16,
+            group_layers=2,
+        )
+    )
     query, keys = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 40, 8)
     expected = query @ keys.repeat_interleave(3, dim=1).transpose(-1, -2) / 8**0.5
     assert torch.allclose(predictor.score_projected(query, keys), expected, atol=1e-6)

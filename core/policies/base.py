@@ -165,6 +165,11 @@ class Policy:
         """Scorer: [B, Hq, Q, T] importance of each past token to each query row and head (higher = keep)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither scores nor prefill/step")
 
+    def decode_indices(self, view: LayerView, keep: int) -> torch.Tensor | None:
+        """Scorer, optional: a decode step's [B, Hkv, keep] rows by a faster route that must choose what
+        `scores` would (TokenButler batches a producer group); None means use `scores`."""
+        return None
+
     def prefill(self, view: LayerView, keep: int) -> Any:
         """Recurrence: the state after the dense prefill `view` (all prompt rows), `keep` tokens to keep after it."""
         raise NotImplementedError(f"{type(self).__name__} is a scorer: it has no recurrence")

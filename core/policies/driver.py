@@ -52,8 +52,9 @@ def scorer_ranks(policy: Policy, view: LayerView) -> tuple[torch.Tensor, torch.T
     return head, torch.where(protected, torch.where(current, 0, other.cumsum(-1)), ranks)
 
 
-def _newest_row(policy: Policy, pooled: torch.Tensor, keep: int) -> torch.Tensor | None:
-    """A scorer's decode step by slices: [B, Hkv, keep] indices, or None when protection alone exceeds `keep`."""
+def newest_rows(policy: Policy, pooled: torch.Tensor, keep: int) -> torch.Tensor | None:
+    """A scorer's decode step by slices: pooled scores [..., T] of the newest row -> [..., keep] indices,
+    or None when protection alone exceeds `keep`."""
     t = pooled.shape[-1]
     first_recent = max(0, t - max(policy.recent, 1))
     protected = torch.cat([torch.arange(min(policy.sinks, first_recent), device=pooled.device),
@@ -61,7 +62,7 @@ def _newest_row(policy: Policy, pooled: torch.Tensor, keep: int) -> torch.Tensor
     rest = keep - protected.numel()
     if rest < 0:
         return None
-    fixed = protected.expand(*pooled.shape[:2], -1)
+    fixed = protected.expand(*pooled.shape[:-1], -1)
     if rest == 0:
         return fixed
     free = pooled.index_fill(-1, protected, float("-inf"))
@@ -78,12 +79,17 @@ def mask_indices(kept: torch.Tensor) -> torch.Tensor:
     return kept.float().topk(int(kept[0, 0].sum()), dim=-1).indices.sort(dim=-1).values
 
 
-def decode_selection(policy: Policy, state: Any, view: LayerView, keep: int) -> Selection:
-    """One decode step (one query row, the newest token): the rows to read and, for a scorer, its scores."""
+def decode_selection(policy: Policy, state: Any, view: LayerView, keep: int, want_scores: bool = False) -> Selection:
+    """One decode step (one query row, the newest token): the rows to read and, for a scorer, its scores
+    (always when `want_scores`, for a trace; a scorer's batched `decode_indices` may skip them otherwise)."""
     if not policy.stateless:
         return Selection(mask_indices(policy.step(state, view, keep)), None)
+    if not want_scores:
+        fast = policy.decode_indices(view, keep)
+        if fast is not None:
+            return Selection(fast, None)
     head = policy.scores(view)
-    indices = _newest_row(policy, pool_group(head.float(), view.group, policy.pool)[:, :, -1, :], keep)
+    indices = newest_rows(policy, pool_group(head.float(), view.group, policy.pool)[:, :, -1, :], keep)
     if indices is None:
         ranks = scorer_ranks(policy, view)[1][:, :, -1, :]
         indices = mask_indices(ranks < keep)

@@ -9,6 +9,7 @@ evicted: a token dropped at one step can be read again when a later query needs 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError
 from core.policies.base import LayerView, Policy
+from core.policies.driver import newest_rows
 from core.predictor import DEFAULT_DIR, Predictor
 from core.spec import weights_fingerprint
 
@@ -35,7 +37,8 @@ class TokenButlerPolicy(Policy):
     recent: int = 4
     predictor: Predictor | str | Path | None = None  # None: the shipped predictor; a path: one trained there
     pred_queries: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
-    key_cache: dict[int, ProjectedKeys] = field(default_factory=dict, init=False, repr=False)
+    key_cache: dict[int, GroupKeys] = field(default_factory=dict, init=False, repr=False)  # per producer
+    ahead: dict[int, tuple[int, int, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
     _checked: set[int] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -45,6 +48,15 @@ class TokenButlerPolicy(Policy):
     def reset(self) -> None:
         self.pred_queries = {}
         self.key_cache = {}
+        self.ahead = {}
+
+    def _keys(self, layer: int) -> tuple[GroupKeys, int]:
+        """The key cache of `layer`'s producer group and the layer's slot in it."""
+        producer = layer - (layer - self.predictor.config.first_layer) % self.predictor.config.group_layers
+        group = self.key_cache.get(producer)
+        if group is None:
+            group = self.key_cache[producer] = GroupKeys(len(self.predictor.layers_of(producer)))
+        return group, layer - producer
 
     @classmethod
     def available(cls) -> bool:
@@ -88,32 +100,73 @@ class TokenButlerPolicy(Policy):
     def scores(self, view: LayerView) -> torch.Tensor:
         start, queries = self.pred_queries[view.layer]
         rows = (view.positions - start).to(queries.device)
-        keys = self.key_cache.setdefault(view.layer, ProjectedKeys()).update(self.predictor, view.layer, view.key)
+        group, slot = self._keys(view.layer)
+        keys = group.update(slot, self.predictor, view.layer, view.key)
         return self.predictor.score_projected(queries[:, :, rows, :], keys)
 
+    def decode_indices(self, view: LayerView, keep: int) -> torch.Tensor | None:
+        """A decode step's rows for every layer of a producer group at once, at the group's first layer.
 
-class ProjectedKeys:
-    """The predictor's own key cache for one layer: the calibrated channels of every cached key,
-    appended as the KV cache grows (amortised doubling), so a decode step projects one new key
-    instead of re-reading the whole K cache. Stored channel-major ([B, Hkv, dim, capacity]): the
-    step's scoring is then one matrix-vector product over contiguous rows (~7x faster on CPU than
-    against token-major keys)."""
+        The current token is always read, so the past tokens' scores decide everything and they are
+        known before the later layers of the group run: one batched score over the group's key cache
+        and one top-k serve all its layers (a quarter of the per-layer small operations). None when
+        the group's key cache is not yet filled up to this step (the first step after a prefill)."""
+        t, layer = view.context, view.layer
+        cached = self.ahead.pop(layer, None)
+        group, slot = self._keys(layer)
+        if cached is not None and cached[:2] == (t, keep):
+            group.update(slot, self.predictor, layer, view.key)
+            return cached[2]
+        layers = [layer + i for i in range(group.size - slot)]
+        ready = slot == 0 and all(group.lengths[i] == t - 1 for i in range(group.size))
+        if not ready or any(self.pred_queries.get(lay, (None,))[0] != t - 1 for lay in layers):
+            return None
+        queries = torch.stack([self.pred_queries[lay][1][:, :, -1, :] for lay in layers])  # [G, B, Hq, dim]
+        pooled = group.pooled_scores(queries, t - 1, self.predictor.config.dim)  # [G, B, Hkv, t - 1]
+        pooled = torch.cat([pooled, pooled.new_zeros(*pooled.shape[:-1], 1)], dim=-1)  # the current token
+        indices = newest_rows(self, pooled, keep)
+        if indices is None:
+            return None
+        for i, lay in enumerate(layers[1:], start=1):
+            self.ahead[lay] = (t, keep, indices[i])
+        group.update(slot, self.predictor, layer, view.key)
+        return indices[0]
 
-    def __init__(self) -> None:
+
+class GroupKeys:
+    """The predictor's own key cache for one producer group: the calibrated channels of every cached
+    key of each of its layers, appended as the KV cache grows (amortised doubling), so a decode step
+    projects one new key instead of re-reading the whole K cache. Stored channel-major
+    ([G, B, Hkv, dim, capacity]): scoring is one matrix-vector product over contiguous rows (~7x
+    faster on CPU than against token-major keys), and one for the whole group at once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
         self.buffer: torch.Tensor | None = None
-        self.length = 0
+        self.lengths = [0] * size
 
-    def update(self, predictor: Predictor, layer: int, key: torch.Tensor) -> torch.Tensor:
+    def update(self, slot: int, predictor: Predictor, layer: int, key: torch.Tensor) -> torch.Tensor:
         """[B, Hkv, T, dim] projected keys of `key` ([B, Hkv, T, head_dim]), reusing the rows seen before."""
         total = key.shape[2]
-        fresh = self.buffer is None or total < self.length or self.buffer.shape[:2] != key.shape[:2]
-        start = 0 if fresh else self.length
+        length = self.lengths[slot]
+        fresh = self.buffer is None or total < length or self.buffer.shape[1:3] != key.shape[:2]
+        start = 0 if fresh else length
         new = predictor.project_keys(layer, key[:, :, start:]).transpose(-1, -2)  # [B, Hkv, dim, new]
-        if fresh or total > self.buffer.shape[-1]:
-            grown = new.new_empty(*new.shape[:3], max(2 * total, 64))
-            if not fresh:
-                grown[..., :start] = self.buffer[..., :start]
+        if self.buffer is None or self.buffer.shape[1:3] != key.shape[:2]:
+            self.buffer = new.new_empty(self.size, *new.shape[:3], max(2 * total, 64))
+            self.lengths = [0] * self.size
+        elif total > self.buffer.shape[-1]:
+            grown = self.buffer.new_empty(*self.buffer.shape[:-1], 2 * total)
+            grown[..., : self.buffer.shape[-1]] = self.buffer
             self.buffer = grown
-        self.buffer[..., start:total] = new
-        self.length = total
-        return self.buffer[..., :total].transpose(-1, -2)
+        self.buffer[slot, ..., start:total] = new
+        self.lengths[slot] = total
+        return self.buffer[slot, ..., :total].transpose(-1, -2)
+
+    def pooled_scores(self, queries: torch.Tensor, upto: int, dim: int) -> torch.Tensor:
+        """[G, B, Hq, dim] one query row per layer -> [G, B, Hkv, upto] scores, max over each GQA group."""
+        g, b, hq, _ = queries.shape
+        hkv = self.buffer.shape[2]
+        grouped = queries.reshape(g, b, hkv, hq // hkv, dim)
+        keys = self.buffer[..., :upto].to(queries.dtype)  # [G, B, Hkv, dim, upto]
+        return (torch.matmul(grouped, keys) / math.sqrt(dim)).amax(dim=3)
