@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,10 +42,14 @@ class SparseSession:
     states: dict[int, Any] = field(default_factory=dict)
 
     def observe_prefill(self, views: dict[int, LayerView]) -> None:
-        """Decode after a dense prefill run elsewhere (views of its prompt): set up each sparse layer's state."""
+        """Decode after a dense prefill run elsewhere (views of its prompt): set up each sparse layer's state.
+
+        Each layer gets a fresh view of the shared queries and keys, so the true attention a recurrence
+        computes (P x P per head) is dropped after its layer instead of piling up in views that outlive it."""
         for layer, view in views.items():
             if self.policy.is_sparse_layer(layer):
-                self.states[layer] = prefill_state(self.policy, view, self.budget)
+                fresh = dataclasses.replace(view, logits=None, probs=None)
+                self.states[layer] = prefill_state(self.policy, fresh, self.budget)
 
 
 _ACTIVE: contextvars.ContextVar[SparseSession | None] = contextvars.ContextVar("tokenbutler_session", default=None)
