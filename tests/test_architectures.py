@@ -7,10 +7,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig
 
 from core.budget import Budget
-from core.decode import forward_teacher
 from core.models import ModelLoadError, check_architecture, from_model
 from tests.conftest import TinyTokenizer, tiny_llama
-from tests.test_policies import EVERY_METHOD, build, prompt_ids, run
+from tests.test_policies import EVERY_METHOD, assert_teacher_rows_equal_decode_steps, run
 
 OTHER_ARCHITECTURES = ["mistral", "qwen2", "qwen3"]  # llama: tests/test_policies.py
 
@@ -30,13 +29,7 @@ def test_a_budget_past_the_context_equals_dense(arch_lm, name):
 
 @pytest.mark.parametrize("name", EVERY_METHOD)
 def test_teacher_row_equals_decode_step(arch_lm, name):
-    n, steps = 30, 6
-    budget = Budget(ratio=0.4)
-    events = run(arch_lm, name, budget, steps=steps, n=n)
-    ids = torch.cat([prompt_ids(n)[0], torch.tensor([e.token_id for e in events[:-1]])])
-    logits, _ = forward_teacher(arch_lm, ids, build(name, arch_lm), budget, prompt_len=n)
-    for i, event in enumerate(events):
-        assert torch.allclose(logits[0, n - 1 + i], event.logits, atol=1e-4), f"step {i}"
+    assert_teacher_rows_equal_decode_steps(arch_lm, name, steps=6)
 
 
 def test_other_decoders_are_refused_naming_the_supported_ones():

@@ -132,11 +132,15 @@ def test_quest_partial_page_uses_only_visible_keys():
 
 @pytest.mark.parametrize("name", EVERY_METHOD)
 def test_teacher_row_equals_decode_step(tiny_lm, name):
-    n, steps = 30, 10
+    assert_teacher_rows_equal_decode_steps(tiny_lm, name, steps=10)
+
+
+def assert_teacher_rows_equal_decode_steps(lm, name: str, steps: int, n: int = 30) -> None:
+    """Decode `steps` tokens at 40%, then teacher-force the same tokens: row t must equal step t."""
     budget = Budget(ratio=0.4)
-    events = run(tiny_lm, name, budget, steps=steps, n=n)
+    events = run(lm, name, budget, steps=steps, n=n)
     ids = torch.cat([prompt_ids(n)[0], torch.tensor([e.token_id for e in events[:-1]])])
-    logits, _ = forward_teacher(tiny_lm, ids, build(name, tiny_lm), budget, prompt_len=n)
+    logits, _ = forward_teacher(lm, ids, build(name, lm), budget, prompt_len=n)
     for i, event in enumerate(events):
         assert torch.allclose(logits[0, n - 1 + i], event.logits, atol=1e-4), f"step {i}"
 

@@ -83,24 +83,17 @@ def test_missing_predictor_says_how_to_train_one(tmp_path):
         Predictor.load(tmp_path)
 
 
+def small_predictor(num_heads: int) -> Predictor:
+    """A 4-layer predictor over 2 KV heads of dim 16 (dim 8, a producer every 2 layers), not tied to a model."""
+    return Predictor(PredictorConfig(num_layers=4, num_heads=num_heads, num_kv_heads=2, head_dim=16, hidden_size=32,
+                                     fingerprint="x", base_model="x", dim=8, inner=16, group_layers=2))
+
+
 def test_group_key_cache_grows_to_exactly_the_full_projection_of_each_layer() -> None:
     from core.policies.tokenbutler import GroupKeys
 
     torch.manual_seed(0)
-    predictor = Predictor(
-        PredictorConfig(
-            num_layers=4,
-            num_heads=4,
-            num_kv_heads=2,
-            head_dim=16,
-            hidden_size=32,
-            fingerprint="x",
-            base_model="x",
-            dim=8,
-            inner=16,
-            group_layers=2,
-        )
-    )
+    predictor = small_predictor(num_heads=4)
     keys = {2: torch.randn(1, 2, 150, 16), 3: torch.randn(1, 2, 150, 16)}
     cache = GroupKeys(2)
     for length in (10, 11, 12, 80, 81, 150):  # a prefill, decode steps, then jumps past the buffer
@@ -122,20 +115,7 @@ def test_group_key_cache_grows_to_exactly_the_full_projection_of_each_layer() ->
 
 def test_grouped_scores_equal_per_head_products() -> None:
     torch.manual_seed(1)
-    predictor = Predictor(
-        PredictorConfig(
-            num_layers=4,
-            num_heads=6,
-            num_kv_heads=2,
-            head_dim=16,
-            hidden_size=32,
-            fingerprint="x",
-            base_model="x",
-            dim=8,
-            inner=16,
-            group_layers=2,
-        )
-    )
+    predictor = small_predictor(num_heads=6)
     query, keys = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 40, 8)
     expected = query @ keys.repeat_interleave(3, dim=1).transpose(-1, -2) / 8**0.5
     assert torch.allclose(predictor.score_projected(query, keys), expected, atol=1e-6)
