@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from core.args import split_csv
+from core.args import split_csv, split_ints
 from core.budget import Budget
 from core.data import token_chunks
 from core.decode import GenerationConfig, Prefilled, generate, prefill_prompt
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "decode_cpu.json")
     args = parser.parse_args()
     lm = load(args.model)
-    contexts = [int(c) for c in split_csv(args.contexts)]
+    contexts = list(split_ints(args.contexts))
     budgets = [Budget.parse(b) for b in split_csv(args.budgets)]
     rows: list[dict] = []
 
@@ -192,7 +192,7 @@ def main() -> None:
             f"{step_bytes * rate / 1e9:5.1f} GB/s"
         )
 
-    for count in [int(t) for t in split_csv(args.threads)]:
+    for count in split_ints(args.threads):
         torch.set_num_threads(count)
         for context in contexts:
             ids = real_text(lm, context)

@@ -12,6 +12,14 @@ def split_csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def split_ints(text: str) -> tuple[int, ...]:
+    """'0, 1024' -> (0, 1024); a part that is not an integer is an argparse error naming it."""
+    try:
+        return tuple(int(part) for part in split_csv(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from err
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded default, a hub id, a local folder or .gguf")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when present)")

@@ -146,7 +146,9 @@ def policy_attention(
             session.stats.add(total, total)
             return _dense(*dense_args, **kwargs), None
         mask = teacher_mask(policy, view, session.budget, session.prompt_len)
-        session.stats.add(int(mask[:, :, rows].sum()), total)
+        kept = mask[:, :, rows].sum(-1)  # [B, Hkv, rows]
+        past = (view.positions[rows] + 1).expand_as(kept)
+        session.stats.add(int(kept.sum()), total, policy.side_reads(past, kept, query.shape[-1]))
         return _masked(query, key, value, mask, scale), None
 
     if q_len > 1:  # dense prefill
@@ -159,7 +161,12 @@ def policy_attention(
     selection = decode_selection(policy, state, view, session.budget.keep(t), want_scores) if sparse else None
     indices = None if selection is None else selection.indices
     reads_all = indices is None or indices.shape[-1] == t
-    session.stats.add(hkv * (t if reads_all else indices.shape[-1]), hkv * t)
+    read = t if reads_all else indices.shape[-1]
+    side = 0.0
+    if sparse:
+        past = torch.full((query.shape[0], hkv, 1), t)
+        side = policy.side_reads(past, torch.full_like(past, read), query.shape[-1])
+    session.stats.add(query.shape[0] * hkv * read, query.shape[0] * hkv * t, side)
     if session.trace is not None:
         started = time.perf_counter()
         scores = None if selection is None else selection.scores

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -153,6 +154,70 @@ def token_chunks(
     if order == "in-order":
         random.Random(seed).shuffle(chunks)
     return chunks[:max_chunks] if max_chunks is not None else chunks
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """An evaluation chunk: its tokens (BOS first), its source and the documents it spans."""
+
+    ids: torch.Tensor
+    source: str
+    documents: tuple[str, ...]
+
+
+def _source_chunks(tokenizer: PreTrainedTokenizerBase, docs: list[Document], length: int) -> dict[str, list[Chunk]]:
+    """Per source, its documents' consecutive text (joined by EOS) cut into `length`-token chunks."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    body = length - len(bos)
+    by_source: dict[str, list[Chunk]] = {}
+    stream: list[int] = []
+    owners: list[str] = []  # the document of each token of the stream
+    for doc in docs:
+        name = doc.doc_id.split("/", 1)[0]
+        if name not in by_source:
+            by_source[name], stream, owners = [], [], []
+        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"] + eos
+        stream += ids
+        owners += [doc.doc_id] * len(ids)
+        while len(stream) >= body:
+            tokens = torch.tensor(bos + stream[:body], dtype=torch.long)
+            by_source[name].append(Chunk(tokens, name, tuple(dict.fromkeys(owners[:body]))))
+            stream, owners = stream[body:], owners[body:]
+    return by_source
+
+
+def document_chunks(
+    tokenizer: PreTrainedTokenizerBase,
+    split: str,
+    length: int,
+    count: int,
+    per_document: int = 2,
+    sources: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[Chunk]:
+    """Up to `count` evaluation chunks of `length` tokens, each consecutive text of one source, taken from
+    the sources in turn (seeded order within each) and never more than `per_document` touching one
+    document: a measurement over many documents of every source, not over one long document."""
+    if length < 2 or count < 1 or per_document < 1:
+        raise CorpusError(f"Need length >= 2, count >= 1 and per_document >= 1; got {length}, {count}, {per_document}.")
+    rng = random.Random(seed)
+    queues = list(_source_chunks(tokenizer, load_documents(split, sources), length).values())
+    for queue in queues:
+        rng.shuffle(queue)
+    used: Counter[str] = Counter()
+    picked: list[Chunk] = []
+    while len(picked) < count and any(queues):
+        for queue in queues:
+            while queue and len(picked) < count:
+                chunk = queue.pop()
+                if all(used[d] < per_document for d in chunk.documents):
+                    used.update(chunk.documents)
+                    picked.append(chunk)
+                    break
+    if not picked:
+        raise CorpusError(f"The {split} split holds no {length}-token chunk of one source.")
+    return picked
 
 
 def corpus_stats(tokenizer: PreTrainedTokenizerBase) -> dict:

@@ -124,7 +124,8 @@ class PolicyStats:
     """A policy over budgets, plus its budget-free ranking quality (the paper's hit accuracy at 50%)."""
 
     budgets: dict[str, SelectionStats]
-    ranking_hit: np.ndarray | None  # [L, Hq]; None for policies with no per-token scores
+    ranking_hit: np.ndarray | None  # [L, Hq] mean over the scored rows; None for policies with no per-token scores
+    ranking_hit_last: np.ndarray | None  # [L, Hq] the last scored row only (the paper's definition)
 
 
 def row_indices(rows: Rows, length: int, prompt_len: int) -> torch.Tensor:
@@ -202,6 +203,7 @@ def _policy_stats(
     tallies = {budget.label: _Tally(len(views), num_heads, true_ranks) for budget in budgets}
     ranks = policy.stateless and not policy.is_dense
     ranking = np.full((len(views), num_heads), np.nan) if ranks else None
+    last = None if ranking is None else ranking.copy()
     for layer, view in scored.items():
         if not policy.is_sparse_layer(layer):
             everything = view.causal()[None, None].expand(view.key.shape[0], view.key.shape[1], -1, -1)
@@ -209,14 +211,16 @@ def _policy_stats(
                 tallies[budget.label].add(layer, everything, view, prompt_len)
         elif policy.stateless:
             head, kv_ranks = scorer_ranks(policy, view)
-            ranking[layer] = hit_accuracy(head, view.true_probs(), view.positions + 1).mean(dim=(0, 2)).cpu().numpy()
+            hit = hit_accuracy(head, view.true_probs(), view.positions + 1)  # [B, Hq, rows]
+            ranking[layer] = hit.mean(dim=(0, 2)).cpu().numpy()
+            last[layer] = hit[:, :, -1].mean(dim=0).cpu().numpy()
             for budget in budgets:
                 kept = kv_ranks < budget.row_keeps(view.positions, prompt_len)[:, None]
                 tallies[budget.label].add(layer, kept, view, prompt_len)
     if not policy.stateless:
         for budget, layer, kept in _replayed_masks(policy, views, budgets, rows, prompt_len):
             tallies[budget.label].add(layer, kept, scored[layer], prompt_len)
-    return PolicyStats({label: tally.stats for label, tally in tallies.items()}, ranking)
+    return PolicyStats({label: tally.stats for label, tally in tallies.items()}, ranking, last)
 
 
 def selection_metrics(

@@ -26,17 +26,26 @@ class StepTrace:
 
 @dataclass
 class ReadStats:
-    """Counts of K/V rows read against rows a dense step would read (the achieved sparsity), and the time
-    spent tracing, so speed can be shown without the cost of the page's instrumentation."""
+    """Counts of K/V rows read against rows a dense step would read (the achieved sparsity), the memory
+    a method reads beside them (its side cache, page bounds: `side`, in K/V-row equivalents), and the
+    time spent tracing, so speed can be shown without the cost of the page's instrumentation."""
 
     read: int = 0
     total: int = 0
+    side: float = 0.0
     trace_seconds: float = 0.0  # time spent recording traces (true attention, copies), not decoding
 
-    def add(self, read: int, total: int) -> None:
+    def add(self, read: int, total: int, side: float = 0.0) -> None:
         self.read += read
         self.total += total
+        self.side += side
 
     @property
     def sparsity(self) -> float:
+        """1 - K/V rows read / rows a dense step reads."""
         return 1.0 - self.read / self.total if self.total else 0.0
+
+    @property
+    def byte_sparsity(self) -> float:
+        """1 - (K/V rows + side reads) / dense rows: the saving in bytes, which can be negative."""
+        return 1.0 - (self.read + self.side) / self.total if self.total else 0.0

@@ -28,4 +28,6 @@ def test_a_figure_per_panel_in_the_palette_and_the_markdown_as_it_is(tmp_path: P
     assert len(shipped.figures) == len(panels) > 0 and "| dense | 12.0 |" in shipped.markdown
     for panel, fig in zip(panels, shipped.figures, strict=True):
         assert panel.title in fig.layout.title.text
-        assert {trace.name: trace.line.color for trace in fig.data} == {name: color(name) for name in panel.series}
+        drawn = {t.name: t.marker.color if t.type == "bar" else t.line.color for t in fig.data}
+        assert drawn == {name: color(name) for name in panel.series}
+        assert fig.layout.yaxis.type == ("log" if panel.log_y else None)

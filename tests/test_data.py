@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from core import data
-from core.data import CorpusError, load_documents, split_of, token_chunks
+from core.data import CorpusError, document_chunks, load_documents, split_of, token_chunks
 from core.leakage import HeldoutIndex, overlap
-from core.sources import blocks, fortune_text, html_text
+from core.sources import Document, blocks, fortune_text, html_text
 
 
 class WordTokenizer:
@@ -103,3 +103,22 @@ def test_outside_text_is_in_neither_split(monkeypatch) -> None:
     monkeypatch.setattr(data, "available_outside", lambda: [])
     with pytest.raises(CorpusError, match="not installed"):
         load_documents("outside", ["gnu-info"])
+
+
+def test_evaluation_chunks_spread_over_sources_and_documents(monkeypatch) -> None:
+    """One long document and many short ones per source: chunks alternate sources, each is one source's
+    consecutive text, and no document is touched by more than `per_document` chunks."""
+    docs = [Document("a/long", "w " * 1000)] + [Document(f"a/{i}", "w " * 30) for i in range(20)]
+    docs += [Document(f"b/{i}", "x " * 50) for i in range(30)]
+    monkeypatch.setattr(data, "load_documents", lambda split, sources=None: docs)
+    chunks = document_chunks(WordTokenizer(), "heldout", 65, count=12, per_document=2, seed=1)
+    assert len(chunks) == 12 and all(c.ids.numel() == 65 and c.ids[0] == 1 for c in chunks)
+    assert [c.source for c in chunks[:4]] in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
+    touched = [d for c in chunks for d in c.documents]
+    assert max(touched.count(d) for d in set(touched)) <= 2 and touched.count("a/long") <= 2
+    assert all(d.startswith(c.source + "/") for c in chunks for d in c.documents)
+    again = document_chunks(WordTokenizer(), "heldout", 65, count=12, seed=1)  # seeded
+    assert [c.documents for c in again] == [c.documents for c in chunks]
+    assert len(document_chunks(WordTokenizer(), "heldout", 65, count=500)) < 500  # as many as the cap allows
+    with pytest.raises(CorpusError, match="per_document"):
+        document_chunks(WordTokenizer(), "heldout", 65, count=3, per_document=0)

@@ -69,7 +69,7 @@ def test_statelessness_follows_from_what_a_policy_implements() -> None:
 
 def test_options_are_the_dataclass_fields_and_nothing_else() -> None:
     assert make_policy("h2o", recent_share=0.25).options() == {"recent_share": 0.25}
-    assert make_policy("quest").options() == {"sinks": 0, "recent": 0, "page_size": 16}
+    assert make_policy("quest").options() == {"sinks": 4, "recent": 4, "page_size": 16}  # the one protection rule
     with pytest.raises(UnknownPolicyError, match=r"h2o has no option 'sinks'.*recent_share"):
         make_policy("h2o", sinks=4)  # H2O's protection is its recent share: a sinks option would be ignored
 

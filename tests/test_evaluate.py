@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -11,8 +12,9 @@ import torch
 
 from core.budget import Budget
 from core.decode import decode_forced, forward_teacher
-from core.eval.cache import CellCache, policy_digest
+from core.eval.cache import CellCache, code_digest, policy_digest
 from core.eval.cli import main
+from core.eval.intervals import ratio_interval, resample_indices, share_interval
 from core.eval.measure import task_cells
 from core.models import LoadedModel
 from core.policies import make_policy
@@ -36,7 +38,23 @@ def test_teacher_row_equals_real_decode_step(lm: LoadedModel, name: str, budget:
     assert decoded.shape == (56 - prompt_len + 1, 128)
     assert torch.allclose(teacher[0, prompt_len - 1 :], decoded, atol=1e-4)
     assert teacher_stats.read == decode_stats.read and teacher_stats.total == decode_stats.total
+    assert teacher_stats.side == pytest.approx(decode_stats.side)
     assert 0.0 < decode_stats.sparsity < 1.0
+
+
+@pytest.mark.parametrize(("name", "per_token"), [("oracle", 0.5), ("quest", None), ("streaming", 0.0)])
+def test_bytes_read_count_what_a_method_reads_beside_its_rows(lm: LoadedModel, name: str, per_token) -> None:
+    """The oracle reads all of K (half a K/V row per past token), Quest one page's bounds (min and max, one
+    K/V row) per page, streaming nothing beside its rows."""
+    ids, prompt_len = torch.randint(0, 128, (60,), generator=torch.Generator().manual_seed(4)), 12
+    policy = make_policy(name)
+    _, stats = forward_teacher(lm, ids, policy, Budget.parse("25%"), prompt_len)
+    past = torch.arange(prompt_len, 60) + 1
+    per_row = past / 2 if per_token == 0.5 else (past + 15) // 16 if per_token is None else past * 0.0
+    layers = sum(policy.is_sparse_layer(i) for i in range(lm.model.config.num_hidden_layers))
+    expected = float(per_row.sum()) * layers * lm.model.config.num_key_value_heads
+    assert stats.side == pytest.approx(expected)
+    assert stats.byte_sparsity == pytest.approx(1 - (stats.read + expected) / stats.total)
 
 
 @dataclass
@@ -71,6 +89,32 @@ def test_cell_cache_resumes_from_disk(tmp_path) -> None:
     assert again.get(("ppl", "h2o", "50%", "abc")) is None
 
 
+def test_cell_identity_follows_the_code_that_measures_it(tmp_path, monkeypatch) -> None:
+    from core.eval import cache
+
+    assert code_digest(make_policy("h2o")) == code_digest(make_policy("h2o"))
+    assert code_digest(make_policy("h2o")) != code_digest(make_policy("quest"))  # each policy's own module
+    for pattern in cache.MEASURING_CODE:
+        for file in cache.PACKAGE.glob(pattern):
+            (tmp_path / file.relative_to(cache.PACKAGE)).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / file.relative_to(cache.PACKAGE)).write_bytes(file.read_bytes())
+    monkeypatch.setattr(cache, "PACKAGE", tmp_path)
+    before = code_digest(make_policy("h2o"))
+    with (tmp_path / "policies" / "driver.py").open("a") as handle:
+        handle.write("# changed\n")
+    assert code_digest(make_policy("h2o")) != before
+
+
+def test_paired_intervals_hold_the_point_and_shrink_to_it_for_equal_chunks() -> None:
+    draws = resample_indices(8, 500, seed=0)
+    nll, tokens = [10.0, 30.0, 12.0, 50.0, 20.0, 11.0, 40.0, 25.0], [10] * 8
+    assert ratio_interval(nll, nll, tokens, draws) == pytest.approx([1.0, 1.0])  # the spread of text cancels
+    shifted = [v + 1.0 for v in nll]  # 0.1 nat per token worse on every chunk
+    assert ratio_interval(shifted, nll, tokens, draws) == pytest.approx([math.exp(0.1)] * 2)
+    lo, hi = share_interval([0, 1, 0, 0, 1, 0, 1, 0], [1] * 8, draws)
+    assert lo < 37.5 < hi and lo >= 0 and hi <= 100
+
+
 def test_policy_identity_ignores_per_sequence_state() -> None:
     policy = make_policy("h2o")
     before = policy_digest(policy)
@@ -87,12 +131,20 @@ def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
     assert main(args) == 0
     doc = json.loads((out / "eval_tiny-random-llama.json").read_text())
     results = doc["results"]
-    assert set(results) == {"attention", "perplexity", "decode", "coref", "entities"}
+    tasks = {f"{t}{where}" for t in ("coref", "entities") for where in ("", "/question-in-prompt")}
+    assert set(results) == {"attention", "perplexity", "perplexity_long_prompt", "decode"} | tasks
     assert results["attention"]["oracle"]["50%"]["ranking_hit_accuracy"] == pytest.approx(1.0)
+    assert results["attention"]["oracle"]["50%"]["ranking_hit_accuracy_last"] == pytest.approx(1.0)
     assert results["decode"]["streaming"]["50%"]["max_logprob_gap"] < 1e-3
-    assert results["coref"]["h2o"]["32 tok"]["samples"] == 3
+    assert results["coref"]["h2o"]["50%"]["samples"] == 2 and "32 tok" not in results["coref"]["h2o"]
+    for stage in ("perplexity", "perplexity_long_prompt"):
+        h2o = results[stage]["h2o"]["50%"]
+        assert len(h2o["chunk_nll"]) == doc["data"]["chunks"] == 2
+        assert h2o["ppl_vs_dense_ci"][0] <= h2o["ppl_vs_dense"] <= h2o["ppl_vs_dense_ci"][1]
+        assert h2o["byte_sparsity"] < h2o["achieved_sparsity"]  # its accumulated attention is read too
+    assert results["perplexity_long_prompt"]["h2o"]["50%"]["tokens"] == 2 * (96 - 64 - 1)
     table = (out / "eval_tiny-random-llama.md").read_text()
-    assert "| oracle |" in table and "Co-reference" in table
+    assert "| oracle |" in table and "Task coref/question-in-prompt" in table and "protocol 2" in table
     assert re.search(r"\| layer \| oracle \(50%\) \| (h2o|streaming) \(50%\) \|\n", table)  # best baseline by layer
     assert (out / "eval_tiny-random-llama.html").is_file()
     cells = (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n")

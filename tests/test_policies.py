@@ -10,6 +10,7 @@ from core.decode import GenerationConfig, forward_teacher, generate
 from core.policies import UnknownPolicyError, make_policy, policy_names
 from core.policies.base import LayerView
 from core.policies.quest import QuestPolicy, page_bounds
+from core.policies.snapkv import compress_prompt
 from core.predictor import Predictor, PredictorConfig
 
 EVERY_METHOD = ["dense", "oracle", "random", "streaming", "quest", "tokenbutler", "h2o", "snapkv"]
@@ -102,6 +103,21 @@ def test_snapkv_keeps_its_window_and_generated_tokens(tiny_lm):
         for head in event.trace.layers[2].kept.tolist():
             assert set(range(n - window, past)) <= set(head)
             assert len([i for i in head if i < n]) == 16
+
+
+def test_snapkv_window_leaves_half_the_budget_to_its_selection() -> None:
+    """At a budget smaller than twice the window, the window takes half and the sink (most attended) stays."""
+    probs = torch.full((1, 2, 32, 64), 0.01)
+    probs[..., 0] = 0.5  # the sink
+    probs[..., 10] = 0.3
+    kept = compress_prompt(probs, keep=8, group=2, kernel=1)[0, 0]
+    assert kept.sum() == 8 and kept[60:].all() and kept[0] and kept[10]
+    assert compress_prompt(probs, keep=64, group=2, kernel=1).all()
+
+
+def test_every_scorer_protects_the_same_sinks_and_recent_tokens() -> None:
+    scorers = [n for n in policy_names() if make_policy(n).stateless and not make_policy(n).is_dense]
+    assert {n: (make_policy(n).sinks, make_policy(n).recent) for n in scorers} == dict.fromkeys(scorers, (4, 4))
 
 
 def test_quest_bound_is_an_upper_bound_of_every_key_in_its_page():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from core.models import embedded_model_path
@@ -48,3 +49,21 @@ def test_unknown_task_and_bad_count_are_refused() -> None:
         make_samples("sudoku", 3)
     with pytest.raises(ValueError, match="at least 1"):
         make_samples("coref", 0)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_question_in_the_prompt_leaves_only_the_answer_to_decode(tokenizer, task: str) -> None:
+    for sample in make_samples(task, 10, seed=0):
+        decoded, in_prompt = encode_sample(tokenizer, sample), encode_sample(tokenizer, sample, question_in_prompt=True)
+        assert torch.equal(decoded.input_ids, in_prompt.input_ids)
+        assert in_prompt.prompt_len == in_prompt.answer_positions[0] > decoded.prompt_len
+
+
+@pytest.mark.parametrize(("task", "filler"), [("coref", 1024), ("entities", 4096)])
+def test_filler_scales_to_about_the_tokens_asked(tokenizer, task: str, filler: int) -> None:
+    for sample in make_samples(task, 3, seed=0, filler_tokens=filler):
+        enc = encode_sample(tokenizer, sample)
+        assert filler < len(enc.input_ids) < 1.3 * filler + 300
+        assert tokenizer.decode(enc.input_ids[enc.answer_positions]).strip() == sample.answer.strip()
+    with pytest.raises(ValueError, match="Filler tokens"):
+        make_samples(task, 1, filler_tokens=-1)

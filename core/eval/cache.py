@@ -1,8 +1,9 @@
-"""Finished cells on disk, and the digests that key them (data, policy options, weights)."""
+"""Finished cells on disk, and the digests that key them (data, policy options, weights, the code)."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,3 +55,18 @@ def policy_digest(policy: Policy) -> str:
                for p in m.parameters()]
     plain = {n: v for n, v in options.items() if not isinstance(v, torch.nn.Module)}
     return digest(policy.name, plain, *weights)
+
+
+PACKAGE = Path(__file__).resolve().parent.parent
+MEASURING_CODE = ("attention.py", "budget.py", "capture.py", "decode.py", "kvcache.py", "metrics.py", "models.py",
+                  "eval/measure.py", "policies/base.py", "policies/driver.py", "kernels/*.py")
+
+
+def code_digest(policy: Policy) -> str:
+    """A digest of the code that measures a policy's cells: the shared measuring modules, the policy's own
+    module and those of the modules among its options (a predictor), so a cell measured by older code
+    is measured again instead of reused."""
+    files = sorted({f for pattern in MEASURING_CODE for f in PACKAGE.glob(pattern)})
+    files += [Path(inspect.getsourcefile(type(policy)))]
+    files += [Path(inspect.getsourcefile(type(v))) for v in policy.options().values() if isinstance(v, torch.nn.Module)]
+    return digest(*(f.read_bytes() for f in files))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import core.eval
-from core.args import split_csv
+from core.args import split_csv, split_ints
 from core.eval.config import FULL_GRID, EvalConfig
 from core.eval.figures import write_outputs
 from core.eval.report import markdown_report
@@ -19,17 +19,24 @@ DESCRIPTION = core.eval.__doc__  # the package's account of what it measures
 FLAGS = (  # EvalConfig field, type, help (defaults come from EvalConfig, or its quick variant with --quick)
     ("budgets", split_csv,
      f"comma list of kept ratios (50%, 0.5) and token counts (64); full grid: {','.join(FULL_GRID)}"),
-    ("chunks", int, "held-out chunks"),
+    ("split", str, "text measured: heldout, or outside (from outside every training source)"),
+    ("chunks", int, "chunks of text (from every source in turn)"),
+    ("per_document", int, "at most this many chunks touch one document"),
     ("chunk_len", int, "tokens per chunk"),
-    ("dense_prefix", int, "dense tokens at the start of each chunk (the loss counts after them)"),
+    ("dense_prefix", int, "protocol 1: dense prompt tokens at the start of each chunk (the loss counts after them)"),
+    ("long_prompt", int, "protocol 2: a long dense prompt, the loss over the rest of the chunk (0: off)"),
     ("metric_rows", int, "query rows per chunk scored for hit accuracy and recall"),
     ("decode_chunks", int, "chunks also run by real token-by-token decoding"),
     ("decode_len", int, "tokens of each really decoded chunk"),
     ("decode_budgets", split_csv, "budgets of the real-decoding check"),
     ("samples", int, "samples per task"),
     ("tasks", split_csv, "comma list from coref,entities"),
+    ("task_prompts", split_csv, "comma list from question-decoded,question-in-prompt"),
+    ("task_filler_tokens", split_ints, "comma list of filler lengths in tokens (0: the default few paragraphs)"),
     ("task_budgets", split_csv, "budgets of the tasks (empty: --budgets)"),
+    ("bootstrap", int, "bootstrap resamples of the 95% intervals"),
     ("seed", int, "data and task seed"),
+    ("tag", str, "names the results files eval_<model>_<tag>.* (e.g. ctx4k)"),
     ("out", str, "results folder"),
     ("cache_dir", str, "finished-cell cache folder"),
 )
@@ -41,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--policies", type=split_csv, default=(), help="comma list (default: every registered policy)")
     for name, kind, text in FLAGS:
         default = getattr(defaults, name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                             help=f"{text} (default {shown})".replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--quick", action="store_true", help="a tiny random model and a few short chunks (< 1 min)")

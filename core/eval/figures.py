@@ -7,23 +7,46 @@ import json
 import math
 from pathlib import Path
 
+import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.eval.config import model_slug
-from core.eval.report import Panel, figure_panels, markdown_report
+from core.eval.config import results_stem
+from core.eval.report import Panel, Series, figure_panels, markdown_report
 from core.palette import color
+
+
+def _error(series: Series) -> dict | None:
+    """Plotly error bars from a series' interval (None where it has none)."""
+    if series.lo is None or all(v is None for v in series.lo):
+        return None
+    plus = [None if (h is None or y is None) else h - y for y, h in zip(series.y, series.hi, strict=True)]
+    minus = [None if (lo is None or y is None) else y - lo for y, lo in zip(series.y, series.lo, strict=True)]
+    return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "thickness": 1.2, "width": 3}
+
+
+def add_panel(fig, panel: Panel, row: int | None = None, col: int | None = None, legend: bool = True) -> None:
+    """Draw one panel's series into `fig` (at a subplot when row/col are given): lines or grouped bars, each
+    method in its palette colour, 95% intervals as error bars, the y axis logarithmic when the panel says so."""
+    where = {} if row is None else {"row": row, "col": col}
+    for name, series in panel.series.items():
+        common = {"x": series.x, "y": series.y, "name": name, "legendgroup": name, "showlegend": legend,
+                  "error_y": _error(series),
+                  "hovertemplate": f"{name}<br>{panel.xlabel} %{{x}}<br>{panel.ylabel} %{{y:.3f}}<extra></extra>"}
+        if panel.kind == "bar":
+            fig.add_trace(go.Bar(marker_color=color(name), **common), **where)
+        else:
+            fig.add_trace(go.Scatter(mode="lines+markers", line={"color": color(name)}, **common), **where)
+    fig.update_xaxes(title_text=panel.xlabel, type="category" if panel.kind == "bar" else None, **where)
+    fig.update_yaxes(title_text=panel.ylabel, type="log" if panel.log_y else None, **where)
 
 
 def plotly_figure(panels: list[Panel], title: str):
     cols = 2
     fig = make_subplots(rows=math.ceil(len(panels) / cols), cols=cols, subplot_titles=[p.title for p in panels])
     for i, panel in enumerate(panels):
-        row, col = i // cols + 1, i % cols + 1
-        for name, (x, y) in panel.series.items():
-            fig.add_scatter(x=x, y=y, name=name, legendgroup=name, showlegend=i == 0, mode="lines+markers",
-                            line={"color": color(name)}, row=row, col=col)
-        fig.update_xaxes(title_text=panel.xlabel, row=row, col=col)
-    fig.update_layout(title=title, height=330 * math.ceil(len(panels) / cols), width=1100, template="plotly_white")
+        add_panel(fig, panel, i // cols + 1, i % cols + 1, legend=i == 0)
+    fig.update_layout(title=title, height=360 * math.ceil(len(panels) / cols), width=1150, template="plotly_white",
+                      barmode="group")
     return fig
 
 
@@ -39,13 +62,12 @@ def write_png(fig, panels: list[Panel], path: Path) -> str:
         import matplotlib.pyplot as plt
 
         rows = math.ceil(len(panels) / 2)
-        figure, axes = plt.subplots(rows, 2, figsize=(12, 3.6 * rows), squeeze=False)
+        figure, axes = plt.subplots(rows, 2, figsize=(12, 3.8 * rows), squeeze=False)
         for axis, panel in zip(axes.flat, panels, strict=False):
-            for name, (x, y) in panel.series.items():
-                axis.plot(x, [math.nan if v is None else v for v in y], marker="o", label=name, color=color(name))
-            axis.set_title(panel.title, fontsize=9)
-            axis.set_xlabel(panel.xlabel)
+            _draw_matplotlib(axis, panel)
         axes.flat[0].legend(fontsize=7)
+        for axis in list(axes.flat)[len(panels):]:
+            axis.set_visible(False)
         figure.tight_layout()
         figure.savefig(path, dpi=110)
         plt.close(figure)
@@ -53,10 +75,33 @@ def write_png(fig, panels: list[Panel], path: Path) -> str:
     return "skipped: neither kaleido nor matplotlib is installed (the HTML has the same figures)"
 
 
+def _draw_matplotlib(axis, panel: Panel) -> None:
+    """The same panel as `add_panel`, for the PNG."""
+    nan = lambda values: [math.nan if v is None else v for v in values]  # noqa: E731
+    width = 0.8 / max(1, len(panel.series))
+    for i, (name, s) in enumerate(panel.series.items()):
+        y = nan(s.y)
+        error = None
+        if s.lo is not None and any(v is not None for v in s.lo):
+            error = [[max(0.0, a - b) for a, b in zip(y, nan(s.lo), strict=True)],
+                     [max(0.0, b - a) for a, b in zip(y, nan(s.hi), strict=True)]]
+        if panel.kind == "bar":
+            xs = [j + (i - (len(panel.series) - 1) / 2) * width for j in range(len(s.x))]
+            axis.bar(xs, y, width, yerr=error, label=name, color=color(name), capsize=2)
+            axis.set_xticks(range(len(s.x)), s.x, fontsize=7, rotation=15)
+        else:
+            axis.errorbar(s.x, y, yerr=error, marker="o", label=name, color=color(name), capsize=2)
+    if panel.log_y:
+        axis.set_yscale("log")
+    axis.set_title(panel.title, fontsize=9)
+    axis.set_xlabel(panel.xlabel)
+    axis.set_ylabel(panel.ylabel, fontsize=8)
+
+
 def write_outputs(doc: dict, out: Path) -> dict[str, Path]:
     """eval_<model>.json, .md and .html (+ .png when possible) under `out`; the PNG note goes in the JSON."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"eval_{model_slug(doc['model']['name'])}"
+    stem = out / results_stem(doc["model"]["name"], doc["config"].get("tag", ""))
     panels = figure_panels(doc)
     fig = plotly_figure(panels, f"TokenButler Studio evaluation: {doc['model']['name']}")
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "html": stem.with_suffix(".html")}

@@ -35,7 +35,7 @@ def chunk_nll(lm: LoadedModel, ids: torch.Tensor, policy: Policy, budget: Budget
     """Teacher-forced summed NLL of the tokens predicted by rows >= prefix, and the reads."""
     logits, stats = forward_teacher(lm, ids, policy, budget, prefix)
     return {"nll": _nll(_log_probs(logits[0, prefix:-1]), ids[prefix + 1 :]), "tokens": ids.numel() - prefix - 1,
-            "read": stats.read, "total": stats.total}
+            "read": stats.read, "total": stats.total, "side": stats.side}
 
 
 def decode_agreement(lm: LoadedModel, ids: torch.Tensor, policy: Policy, budget: Budget, prefix: int) -> dict:
@@ -94,8 +94,9 @@ def attention_cells(
     cells = {}
     for name, stats in selection_metrics(views, policies, budgets, rows, prefix).items():
         ranking = None if stats.ranking_hit is None else listed(stats.ranking_hit.mean(-1))
+        last = None if stats.ranking_hit_last is None else listed(stats.ranking_hit_last.mean(-1))
         for label, sel in stats.budgets.items():
             cells[(name, label)] = {"hit": sel.hit.mean(-1).tolist(), "recall": sel.recall.mean(-1).tolist(),
                                     "read": float(sel.read.sum()), "total": float(sel.total.sum()),
-                                    "ranking_hit": ranking}
+                                    "ranking_hit": ranking, "ranking_hit_last": last}
     return cells

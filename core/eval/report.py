@@ -7,79 +7,138 @@ from dataclasses import dataclass
 
 from core.budget import Budget
 
-TABLES = (  # (stage, field, title, format)
-    ("perplexity", "ppl", "Perplexity, teacher-forced on held-out text (lower is better)", "{:.2f}"),
-    ("perplexity", "achieved_sparsity", "Achieved sparsity of the teacher-forced reads (nominal: header)", "{:.1%}"),
-    ("attention", "recall", "Attention recall: true attention mass on the kept tokens (layers >= 1)", "{:.3f}"),
-    ("attention", "hit_accuracy", "Hit accuracy of the kept set vs the true top-|kept| (layers >= 1)", "{:.3f}"),
-    ("coref", "wrong_token_pct", "Co-reference task: % wrong answer tokens (argmax)", "{:.1f}"),
-    ("coref", "any_miss", "Co-reference task: share of samples with any wrong answer token", "{:.2f}"),
-    ("entities", "wrong_token_pct", "Entities task: % wrong answer tokens (argmax)", "{:.1f}"),
-    ("entities", "any_miss", "Entities task: share of samples with any wrong answer token", "{:.2f}"),
+CEILING, DENSE, LEARNED = "oracle", "dense", "tokenbutler"
+PROTOCOLS = {  # perplexity stage -> how its prompt and scored tokens are laid out
+    "perplexity": "protocol 1: a {dense_prefix}-token dense prompt, every later token scored under the budget",
+    "perplexity_long_prompt": "protocol 2: a {long_prompt}-token dense prompt (prompt compression's setting), "
+                              "the remaining tokens scored",
+}
+ATTENTION_TABLES = (  # field, title, format
+    ("recall", "Attention recall: true attention mass on the kept tokens (layers >= 1)", "{:.3f}"),
+    ("hit_accuracy", "Hit accuracy of the kept set vs the true top-|kept| (layers >= 1)", "{:.3f}"),
 )
-LAYER_RECALL_BUDGETS = ("10%", "25%", "50%")  # kept ratios shown layer by layer
-CEILING = "oracle"
+LAYER_RECALL_BUDGETS = ("25%", "10%", "5%")  # kept ratios shown layer by layer
 
 
 def column_title(info: dict) -> str:
     return f"s={info['nominal_sparsity']:.0%}" if info["ratio"] is not None else info["label"]
 
 
-def _value(by_budget: dict, label: str, field_name: str) -> float | None:
-    """A policy's value at a budget; a policy measured only at 100% (dense) stands for every budget."""
+def cell(by_budget: dict, label: str) -> dict | None:
+    """A policy's cell at a budget; a policy measured only at 100% (dense) stands for every budget."""
     dense = Budget.dense().label
-    cell = by_budget.get(label) or (by_budget[dense] if set(by_budget) == {dense} else None)
-    return None if cell is None else cell.get(field_name)
+    return by_budget.get(label) or (by_budget[dense] if set(by_budget) == {dense} else None)
 
 
-def _ranking_hit(by_budget: dict, by_layer: bool = False) -> float | list | None:
-    """The budget-free ranking hit accuracy (the same in every budget's cell)."""
-    return next(iter(by_budget.values()))["ranking_hit_by_layer" if by_layer else "ranking_hit_accuracy"]
+def ppl_ratio(stage: dict, name: str, label: str) -> tuple[float | None, list[float] | None]:
+    """Perplexity over dense's on the same chunks, and its 95% interval when the run measured one."""
+    found, dense = cell(stage[name], label), cell(stage.get(DENSE, {}), label)
+    if found is None or dense is None:
+        return None, None
+    return found["ppl"] / dense["ppl"], found.get("ppl_vs_dense_ci")
 
 
-def _budget_tables(results: dict, budgets: list[dict]) -> list[str]:
+def _with_interval(value: float | None, interval: list[float] | None, fmt: str) -> str:
+    if value is None:
+        return "–"
+    return fmt.format(value) + ("" if interval is None else " [" + ", ".join(fmt.format(v) for v in interval) + "]")
+
+
+def _table(title: str, budgets: list[dict], rows: dict[str, list[str]]) -> list[str]:
     header = "| policy | " + " | ".join(column_title(b) for b in budgets) + " |"
+    return ["", f"## {title}", "", header, "|---|" + "---|" * len(budgets),
+            *(f"| {name} | " + " | ".join(values) + " |" for name, values in rows.items())]
+
+
+def gap_closed(stage: dict, label: str) -> float | None:
+    """1 - (learned - oracle) / (best other method - oracle) in perplexity: the share of the gap between the
+    best training-free method and the ceiling that the predictor closes (None when one of them is missing)."""
+    ppl = {n: c["ppl"] for n, by in stage.items() if n != DENSE and (c := by.get(label)) is not None}
+    rivals = [v for n, v in ppl.items() if n not in (CEILING, LEARNED)]
+    if CEILING not in ppl or LEARNED not in ppl or not rivals or min(rivals) <= ppl[CEILING]:
+        return None
+    return 1.0 - (ppl[LEARNED] - ppl[CEILING]) / (min(rivals) - ppl[CEILING])
+
+
+def _perplexity_tables(doc: dict, stage_name: str) -> list[str]:
+    stage, budgets, cfg = doc["results"][stage_name], doc["budgets"], doc["config"]
+    protocol = PROTOCOLS[stage_name].format(**{k: cfg.get(k) for k in ("dense_prefix", "long_prompt")})
+    dense = cell(stage.get(DENSE, {}), Budget.dense().label)
+    dense_note = f"; dense perplexity {dense['ppl']:.2f}" if dense else ""
+    ratio = {n: [_with_interval(*ppl_ratio(stage, n, b["label"]), "{:.3f}") for b in budgets]
+             for n in stage if n != DENSE}
+    reads = {n: [f"{c['achieved_sparsity']:.1%} / {c['byte_sparsity']:.1%}" if (c := cell(by, b["label"]))
+                 and "byte_sparsity" in c else ("–" if c is None else f"{c['achieved_sparsity']:.1%}")
+                 for b in budgets] for n, by in stage.items() if n != DENSE}
+    closed = [gap_closed(stage, b["label"]) for b in budgets]
+    lines = _table(f"Perplexity / dense [95% interval over chunks], {protocol}{dense_note}", budgets, ratio)
+    lines += _table(f"Achieved sparsity, K/V rows / bytes (side caches and page bounds counted), {protocol}",
+                    budgets, reads)
+    if any(v is not None for v in closed):
+        lines += ["", "Perplexity gap closed by tokenbutler, 1 - (tokenbutler - oracle) / (best other - oracle): "
+                  + ", ".join(f"{column_title(b)} {v:.2f}" for b, v in zip(budgets, closed, strict=True)
+                              if v is not None)]
+    return lines
+
+
+def _attention_tables(doc: dict) -> list[str]:
+    attention, budgets = doc["results"]["attention"], doc["budgets"]
     lines = []
-    for stage, field_name, title, fmt in TABLES:
-        if stage not in results:
-            continue
-        lines += ["", f"## {title}", "", header, "|---|" + "---|" * len(budgets)]
-        for name, by_budget in results[stage].items():
-            values = [_value(by_budget, b["label"], field_name) for b in budgets]
-            lines.append(f"| {name} | " + " | ".join("–" if v is None else fmt.format(v) for v in values) + " |")
-    return lines
-
-
-def _ranking_table(attention: dict) -> list[str]:
-    lines = ["", "## Ranking hit accuracy (the paper's: top-50% of the policy's scores vs true top-50%, layers >= 1)",
-             "", "| policy | hit accuracy |", "|---|---|"]
+    for field_name, title, fmt in ATTENTION_TABLES:
+        rows = {n: ["–" if (c := cell(by, b["label"])) is None else fmt.format(c[field_name]) for b in budgets]
+                for n, by in attention.items()}
+        lines += _table(title, budgets, rows)
+    lines += ["", "## Ranking hit accuracy: top-50% of the policy's scores vs the true top-50% (layers >= 1)", "",
+              "| policy | paper's definition: last row of each chunk | mean over the scored rows |", "|---|---|---|"]
     for name, by_budget in attention.items():
-        value = _ranking_hit(by_budget)
-        lines.append(f"| {name} | {'– (no per-token scores)' if value is None else f'{value:.3f}'} |")
-    return lines
+        first = next(iter(by_budget.values()))
+        last, mean = first.get("ranking_hit_accuracy_last"), first.get("ranking_hit_accuracy")
+        shown = ["–" if v is None else f"{v:.3f}" for v in (last, mean)]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |" if mean is not None else
+                     f"| {name} | – (no per-token scores) | – |")
+    return lines + _layer_recall_table(attention)
+
+
+def best_rival(attention: dict, label: str) -> str | None:
+    """The method other than the oracle and tokenbutler with the best recall at a budget."""
+    rivals = [n for n in attention if n not in (CEILING, DENSE, LEARNED) and label in attention[n]]
+    return max(rivals, key=lambda n: attention[n][label]["recall"]) if rivals else None
 
 
 def _layer_recall_table(attention: dict) -> list[str]:
-    """Recall per layer at small budgets: the oracle (ceiling), TokenButler, and the other baseline with the
-    best overall recall at that budget, side by side."""
-    labels = [b for b in LAYER_RECALL_BUDGETS if CEILING in attention and b in attention[CEILING]]
-    if not labels:
+    """Recall per layer at small budgets (or the smallest ratio measured): the oracle (ceiling), TokenButler,
+    and the best other method."""
+    ratios = [label for label in attention.get(CEILING, {}) if label.endswith("%")]
+    if not ratios:
         return []
-    others = [n for n in attention if n not in (CEILING, "dense")]
+    labels = [b for b in LAYER_RECALL_BUDGETS if b in ratios] or [min(ratios, key=lambda b: float(b[:-1]))]
     columns = []
     for label in labels:
-        scored = [n for n in others if label in attention[n]]
-        rivals = [n for n in scored if n != "tokenbutler"]
-        best = max(rivals, key=lambda n: attention[n][label]["recall"]) if rivals else None
-        columns += [(CEILING, label)] + [(n, label) for n in ("tokenbutler", best) if n in scored]
-    lines = ["", "## Attention recall by layer (kept ratio in brackets; the best non-oracle baseline at each budget)",
+        named = [CEILING, LEARNED, best_rival(attention, label)]
+        columns += [(n, label) for n in named if n is not None and label in attention.get(n, {})]
+    lines = ["", "## Attention recall by layer (kept ratio in brackets; the best other method at each budget)",
              "", "| layer | " + " | ".join(f"{n} ({b})" for n, b in columns) + " |", "|---|" + "---|" * len(columns)]
-    layers = len(attention[CEILING][labels[0]]["recall_by_layer"])
-    for layer in range(layers):
-        cells = [f"{attention[n][b]['recall_by_layer'][layer]:.3f}" for n, b in columns]
-        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    for layer in range(len(attention[CEILING][labels[0]]["recall_by_layer"])):
+        lines.append(f"| {layer} | " + " | ".join(f"{attention[n][b]['recall_by_layer'][layer]:.3f}"
+                                                 for n, b in columns) + " |")
     lines.append("| all >= 1 | " + " | ".join(f"{attention[n][b]['recall']:.3f}" for n, b in columns) + " |")
     return lines
+
+
+def task_stages(results: dict) -> list[str]:
+    """The task stages of a run ('coref', 'coref/question-in-prompt', ...), in run order."""
+    return [name for name, stage in results.items() if any("wrong_token_pct" in c for by in stage.values()
+                                                             for c in by.values())]
+
+
+def _task_tables(doc: dict, stage_name: str) -> list[str]:
+    stage, budgets = doc["results"][stage_name], doc["budgets"]
+    measured = [b for b in budgets if any(b["label"] in by for by in stage.values())] or budgets
+    samples = next(iter(next(iter(stage.values())).values()))["samples"]
+    rows = {n: [_with_interval(c["wrong_token_pct"], c.get("wrong_token_pct_ci"), "{:.1f}")
+                if (c := cell(by, b["label"])) else "–" for b in measured] for n, by in stage.items()}
+    return _table(f"Task {stage_name}: % wrong answer tokens (argmax) [95% interval over {samples} samples]",
+                  measured, rows)
 
 
 def _decode_table(decode: dict) -> list[str]:
@@ -94,53 +153,104 @@ def _decode_table(decode: dict) -> list[str]:
     return lines
 
 
+def _data_line(doc: dict) -> str:
+    data, cfg = doc["data"], doc["config"]
+    sources: dict[str, int] = {}
+    for info in data.get("chunk_sources", []):
+        sources[info["source"]] = sources.get(info["source"], 0) + 1
+    spread = f" from {len(sources)} sources ({', '.join(f'{s} {n}' for s, n in sources.items())})" if sources else ""
+    cap = f", at most {cfg['per_document']} per document" if "per_document" in cfg else ""
+    return (f"{data['chunks']} {data.get('split', 'heldout')} chunks of {cfg['chunk_len']} tokens{spread}{cap}; "
+            f"hit/recall on {cfg['metric_rows']} rows per chunk; seed {cfg['seed']}. s = nominal sparsity "
+            f"(1 - kept ratio); 'N tok' = fixed token budget. Run time {doc['timing_s']['total']:.0f} s.")
+
+
 def markdown_report(doc: dict) -> str:
     """The README tables: one per measurement, policies as rows, budgets as columns."""
-    cfg, results, data = doc["config"], doc["results"], doc["data"]
-    tasks = ", ".join(f"{t} {data[t]} samples" for t in cfg["tasks"]) or "none"
-    lines = [
-        f"# Evaluation: {doc['model']['name']}",
-        "",
-        f"{data['chunks']} held-out chunks of {cfg['chunk_len']} tokens (first {cfg['dense_prefix']} dense); "
-        f"hit/recall on {cfg['metric_rows']} rows per chunk; tasks: {tasks}; seed {cfg['seed']}. "
-        "s = nominal sparsity (1 - kept ratio); 'N tok' = fixed token budget. "
-        f"Run time {doc['timing_s']['total']:.0f} s.",
-    ]
+    results = doc["results"]
+    lines = [f"# Evaluation: {doc['model']['name']}", "", _data_line(doc)]
     lines += ["", *(f"- skipped **{n}**: {reason}" for n, reason in doc["skipped"].items())] if doc["skipped"] else []
-    lines += _budget_tables(results, doc["budgets"])
-    lines += _ranking_table(results["attention"]) if "attention" in results else []
-    lines += _layer_recall_table(results["attention"]) if "attention" in results else []
+    for stage_name in PROTOCOLS:
+        lines += _perplexity_tables(doc, stage_name) if stage_name in results else []
+    lines += _attention_tables(doc) if "attention" in results else []
+    for stage_name in task_stages(results):
+        lines += _task_tables(doc, stage_name)
     lines += _decode_table(results["decode"]) if "decode" in results else []
     return "\n".join(lines) + "\n"
 
 
 @dataclass
+class Series:
+    """One method's line or bars, with its 95% interval where the run measured one."""
+
+    x: list
+    y: list[float | None]
+    lo: list[float | None] | None = None
+    hi: list[float | None] | None = None
+
+
+@dataclass
 class Panel:
-    """One plot: a line per policy."""
+    """One plot: a series per method; `kind` "line" (numeric x) or "bar" (categories)."""
 
     title: str
     xlabel: str
-    series: dict[str, tuple[list[float], list[float]]]
+    ylabel: str
+    series: dict[str, Series]
+    kind: str = "line"
+    log_y: bool = False
+
+
+def _ppl_series(stage: dict, budgets: list[dict], x: list) -> dict[str, Series]:
+    series = {}
+    for name in (n for n in stage if n != DENSE):
+        pairs = [ppl_ratio(stage, name, b["label"]) for b in budgets]
+        lo = [None if ci is None else ci[0] for _, ci in pairs]
+        hi = [None if ci is None else ci[1] for _, ci in pairs]
+        if any(v is not None for v, _ in pairs):
+            series[name] = Series(x, [v for v, _ in pairs], lo, hi)
+    return series
 
 
 def figure_panels(doc: dict) -> list[Panel]:
-    """Measurements against nominal sparsity (ratio budgets), and per-layer quality."""
-    results = doc["results"]
-    ratios = [b for b in doc["budgets"] if b["ratio"] is not None]
+    """Perplexity / dense (log axis) and attention recall against nominal sparsity, the token budgets in a
+    panel of their own, task misses per setting, and recall by layer at a small budget."""
+    results, budgets = doc["results"], doc["budgets"]
+    ratios = [b for b in budgets if b["ratio"] is not None]
+    tokens = [b for b in budgets if b["ratio"] is None]
     xs = [100 * b["nominal_sparsity"] for b in ratios]
     panels = []
-    for stage, field_name, title, _ in TABLES:
-        if stage in results and field_name != "achieved_sparsity":
-            series = {n: (xs, [_value(by, b["label"], field_name) for b in ratios]) for n, by in results[stage].items()}
-            panels.append(Panel(title, "nominal sparsity (%)", series))
-    if "attention" not in results:
-        return panels
-    ranking = {n: _ranking_hit(by, by_layer=True) for n, by in results["attention"].items()}
-    panels.append(Panel("Ranking hit accuracy (top-50%) by layer", "layer",
-                        {n: (list(range(len(v))), v) for n, v in ranking.items() if v is not None}))
-    if ratios:
-        mid = min(ratios, key=lambda b: abs(b["ratio"] - 0.5))["label"]
-        recall = {n: _value(by, mid, "recall_by_layer") for n, by in results["attention"].items()}
-        panels.append(Panel(f"Attention recall by layer at {mid} kept", "layer",
-                            {n: (list(range(len(v))), v) for n, v in recall.items()}))
-    return panels
+    for stage_name in (s for s in PROTOCOLS if s in results):
+        label = PROTOCOLS[stage_name].split(":")[0]
+        if ratios:
+            panels.append(Panel(f"Perplexity / dense, {label}", "nominal sparsity (%)", "perplexity / dense (log)",
+                                _ppl_series(results[stage_name], ratios, xs), log_y=True))
+        if tokens:
+            panels.append(Panel(f"Perplexity / dense at fixed token budgets, {label}", "budget",
+                                "perplexity / dense (log)",
+                                _ppl_series(results[stage_name], tokens, [b["label"] for b in tokens]),
+                                kind="bar", log_y=True))
+    if "attention" in results and ratios:
+        recall = {n: Series(xs, [None if (c := cell(by, b["label"])) is None else c["recall"] for b in ratios])
+                  for n, by in results["attention"].items() if n != DENSE}
+        panels.append(Panel("Attention recall (layers >= 1)", "nominal sparsity (%)", "recall", recall))
+    stages = task_stages(results)
+    if stages:
+        given = doc["config"].get("task_budgets")
+        label = Budget.parse(given[0]).label if given else budgets[0]["label"]
+        bars = {}
+        for name in results[stages[0]]:
+            cells = [cell(results[s].get(name, {}), label) for s in stages]
+            cis = [None if c is None else c.get("wrong_token_pct_ci") for c in cells]
+            bars[name] = Series(stages, [None if c is None else c["wrong_token_pct"] for c in cells],
+                                [None if ci is None else ci[0] for ci in cis],
+                                [None if ci is None else ci[1] for ci in cis])
+        panels.append(Panel(f"Retrieval tasks at {label}: wrong answer tokens", "task", "% wrong", bars, kind="bar"))
+    if "attention" in results and ratios:
+        attention = results["attention"]
+        small = min(ratios, key=lambda b: abs(b["ratio"] - 0.1))["label"]
+        named = [n for n in (CEILING, LEARNED, best_rival(attention, small)) if n and small in attention.get(n, {})]
+        by_layer = {n: attention[n][small]["recall_by_layer"] for n in named}
+        panels.append(Panel(f"Attention recall by layer at {small} kept", "layer", "recall",
+                            {n: Series(list(range(len(v))), v) for n, v in by_layer.items()}))
+    return [p for p in panels if p.series]

@@ -14,9 +14,10 @@ import torch
 from tqdm.auto import tqdm
 
 from core.budget import Budget
-from core.data import token_chunks
-from core.eval.cache import CellCache, Key, digest, policy_digest
+from core.data import Chunk, document_chunks
+from core.eval.cache import CellCache, Key, code_digest, digest, policy_digest
 from core.eval.config import EvalConfig, model_slug
+from core.eval.intervals import ratio_interval, resample_indices, share_interval
 from core.eval.measure import attention_cells, chunk_nll, decode_agreement, listed, task_cells
 from core.models import LoadedModel, load
 from core.policies import Policy, UnknownPolicyError, make_policy, policy_names
@@ -51,7 +52,7 @@ class Setup:
     identities: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.identities = {name: policy_digest(policy) for name, policy in self.policies.items()}
+        self.identities = {name: digest(policy_digest(p), code_digest(p)) for name, p in self.policies.items()}
 
     def budgets_for(self, budgets: Sequence[Budget]) -> dict[str, list[Budget]]:
         """Dense reads everything whatever the budget: measured once, at 100%."""
@@ -88,16 +89,20 @@ def reduce_stage(s: Setup, stage: Stage) -> dict[str, dict[str, dict]]:
 
 
 def _total(cells: list[dict], field_name: str) -> float:
-    return float(sum(c[field_name] for c in cells))
+    return float(sum(c.get(field_name, 0.0) for c in cells))
 
 
-def _sparsity(cells: list[dict], read: str = "read", total: str = "total") -> float:
-    return ReadStats(_total(cells, read), _total(cells, total)).sparsity
+def _reads(cells: list[dict], read: str = "read", total: str = "total") -> ReadStats:
+    return ReadStats(_total(cells, read), _total(cells, total), _total(cells, "side"))
 
 
 def reduce_perplexity(cells: list[dict]) -> dict:
-    return {"ppl": math.exp(_total(cells, "nll") / _total(cells, "tokens")), "achieved_sparsity": _sparsity(cells),
-            "tokens": int(_total(cells, "tokens"))}
+    """Perplexity over all chunks, achieved sparsity in rows and in bytes, and the per-chunk values (kept
+    for the intervals and for anyone who wants to see the spread)."""
+    reads = _reads(cells)
+    return {"ppl": math.exp(_total(cells, "nll") / _total(cells, "tokens")), "achieved_sparsity": reads.sparsity,
+            "byte_sparsity": reads.byte_sparsity, "tokens": int(_total(cells, "tokens")),
+            "chunk_nll": [c["nll"] for c in cells], "chunk_tokens": [c["tokens"] for c in cells]}
 
 
 def reduce_decode(cells: list[dict]) -> dict:
@@ -107,8 +112,8 @@ def reduce_decode(cells: list[dict]) -> dict:
         "ppl_decode": math.exp(_total(cells, "nll_decode") / tokens),
         "max_logprob_gap": max(c["max_logprob_gap"] for c in cells),
         "argmax_agreement": _total(cells, "argmax_agree") / tokens,
-        "achieved_sparsity_teacher": _sparsity(cells, "read_teacher", "total_teacher"),
-        "achieved_sparsity_decode": _sparsity(cells, "read_decode", "total_decode"),
+        "achieved_sparsity_teacher": _reads(cells, "read_teacher", "total_teacher").sparsity,
+        "achieved_sparsity_decode": _reads(cells, "read_decode", "total_decode").sparsity,
         "tokens": int(tokens),
     }
 
@@ -119,21 +124,48 @@ def _layer_mean(by_layer: np.ndarray) -> float | None:
     return float(np.nanmean(scored)) if np.isfinite(scored).any() else None
 
 
+def _chunk_mean(cells: list[dict], field_name: str) -> np.ndarray | None:
+    if cells[0].get(field_name) is None:
+        return None
+    return np.array([c[field_name] for c in cells], float).mean(0)
+
+
 def reduce_attention(cells: list[dict]) -> dict:
     """Per-layer means over chunks, and their mean over layers >= FIRST_SPARSE_LAYER (as the paper)."""
-    hit, recall = np.mean([c["hit"] for c in cells], 0), np.mean([c["recall"] for c in cells], 0)
-    ranking = None if cells[0]["ranking_hit"] is None else np.array([c["ranking_hit"] for c in cells], float).mean(0)
+    hit, recall = _chunk_mean(cells, "hit"), _chunk_mean(cells, "recall")
+    ranking, last = _chunk_mean(cells, "ranking_hit"), _chunk_mean(cells, "ranking_hit_last")
     return {
-        "hit_accuracy": _layer_mean(hit), "recall": _layer_mean(recall), "achieved_sparsity": _sparsity(cells),
+        "hit_accuracy": _layer_mean(hit), "recall": _layer_mean(recall), "achieved_sparsity": _reads(cells).sparsity,
         "ranking_hit_accuracy": None if ranking is None else _layer_mean(ranking),
+        "ranking_hit_accuracy_last": None if last is None else _layer_mean(last),
         "hit_by_layer": hit.tolist(), "recall_by_layer": recall.tolist(),
         "ranking_hit_by_layer": None if ranking is None else listed(ranking),
     }
 
 
-def reduce_task(cells: list[dict]) -> dict:
-    return {"wrong_token_pct": 100.0 * _total(cells, "wrong") / _total(cells, "tokens"),
-            "any_miss": float(np.mean([c["wrong"] > 0 for c in cells])), "samples": len(cells)}
+def task_reducer(resamples: int, seed: int) -> Callable[[list[dict]], dict]:
+    """Wrong answer tokens in % with a bootstrap 95% interval over samples."""
+
+    def reduce(cells: list[dict]) -> dict:
+        wrong, tokens = [c["wrong"] for c in cells], [c["tokens"] for c in cells]
+        draws = resample_indices(len(cells), resamples, seed)
+        return {"wrong_token_pct": 100.0 * sum(wrong) / sum(tokens),
+                "wrong_token_pct_ci": share_interval(wrong, tokens, draws),
+                "any_miss": float(np.mean([w > 0 for w in wrong])), "samples": len(cells)}
+
+    return reduce
+
+
+def relative_to_dense(by_policy: dict[str, dict[str, dict]], resamples: int, seed: int) -> None:
+    """Add each cell's perplexity over dense's on the same chunks, with its paired bootstrap interval."""
+    dense = by_policy.get("dense", {}).get(Budget.dense().label)
+    if dense is None:
+        return
+    draws = resample_indices(len(dense["chunk_nll"]), resamples, seed)
+    for by_budget in by_policy.values():
+        for cell in by_budget.values():
+            cell["ppl_vs_dense"] = cell["ppl"] / dense["ppl"]
+            cell["ppl_vs_dense_ci"] = ratio_interval(cell["chunk_nll"], dense["chunk_nll"], cell["chunk_tokens"], draws)
 
 
 def sample_ident(sample) -> tuple:
@@ -141,25 +173,50 @@ def sample_ident(sample) -> tuple:
     return sample.input_ids, sample.prompt_len, torch.as_tensor(sample.answer_positions)
 
 
-def build_stages(s: Setup, chunks: list[torch.Tensor], task_data: dict[str, list]) -> list[Stage]:
+@dataclass(frozen=True)
+class TaskSetting:
+    """One task in one setting: where its question sits and how much filler stands before it."""
+
+    task: str
+    question_in_prompt: bool = False
+    filler_tokens: int = 0
+
+    @property
+    def stage(self) -> str:
+        """'coref', 'coref/question-in-prompt', 'coref/filler-4096', ..."""
+        filler = f"/filler-{self.filler_tokens}" if self.filler_tokens else ""
+        return self.task + filler + ("/question-in-prompt" if self.question_in_prompt else "")
+
+
+def task_settings(config: EvalConfig) -> list[TaskSetting]:
+    return [TaskSetting(task, placement == "question-in-prompt", filler)
+            for task in config.tasks for filler in config.task_filler_tokens for placement in config.task_prompts]
+
+
+def build_stages(s: Setup, chunks: list[Chunk], task_data: dict[TaskSetting, list]) -> list[Stage]:
     """The measurements, in the order they run (cheapest evidence first)."""
-    prefix, policies = s.config.dense_prefix, s.policies
-    task_budgets = [Budget.parse(b) for b in s.config.task_budgets] or s.budgets
+    prefix, policies, config = s.config.dense_prefix, s.policies, s.config
+    task_budgets = [Budget.parse(b) for b in config.task_budgets] or s.budgets
+    ids = lambda c: (c.ids,)  # noqa: E731
     stages = [
         Stage("attention", chunks, s.budgets_for(s.budgets), None, reduce_attention,
-              ident=lambda c: (c, s.config.metric_rows),
-              measure_item=lambda c: attention_cells(s.lm, c, policies, s.budgets_for(s.budgets),
-                                                     s.config.metric_rows, prefix)),
+              ident=lambda c: (c.ids, config.metric_rows),
+              measure_item=lambda c: attention_cells(s.lm, c.ids, policies, s.budgets_for(s.budgets),
+                                                     config.metric_rows, prefix)),
         Stage("perplexity", chunks, s.budgets_for(s.budgets),
-              lambda n, b, c: chunk_nll(s.lm, c, policies[n], b, prefix), reduce_perplexity),
-        Stage("decode", [c[: s.config.decode_len] for c in chunks[: s.config.decode_chunks]],
-              s.budgets_for([Budget.parse(b) for b in s.config.decode_budgets]),
-              lambda n, b, c: decode_agreement(s.lm, c, policies[n], b, prefix), reduce_decode),
+              lambda n, b, c: chunk_nll(s.lm, c.ids, policies[n], b, prefix), reduce_perplexity, ident=ids),
     ]
+    if 0 < config.long_prompt < config.chunk_len - 1:
+        stages.append(Stage("perplexity_long_prompt", chunks, s.budgets_for(s.budgets),
+                            lambda n, b, c: chunk_nll(s.lm, c.ids, policies[n], b, config.long_prompt),
+                            reduce_perplexity, ident=lambda c: (c.ids, "prompt", config.long_prompt)))
+    stages.append(Stage("decode", [c.ids[: config.decode_len] for c in chunks[: config.decode_chunks]],
+                        s.budgets_for([Budget.parse(b) for b in config.decode_budgets]),
+                        lambda n, b, c: decode_agreement(s.lm, c, policies[n], b, prefix), reduce_decode))
     stages += [
-        Stage(task, samples, s.budgets_for(task_budgets), None, reduce_task, ident=sample_ident,
-              measure_item=lambda x: task_cells(s.lm, x, policies, s.budgets_for(task_budgets)))
-        for task, samples in task_data.items()
+        Stage(setting.stage, samples, s.budgets_for(task_budgets), None, task_reducer(config.bootstrap, config.seed),
+              ident=sample_ident, measure_item=lambda x: task_cells(s.lm, x, policies, s.budgets_for(task_budgets)))
+        for setting, samples in task_data.items()
     ]
     return stages
 
@@ -200,8 +257,13 @@ def budget_info(budget: Budget) -> dict:
     return {"label": budget.label, "ratio": budget.ratio, "tokens": budget.tokens, "nominal_sparsity": nominal}
 
 
-def task_samples(lm: LoadedModel, task: str, n: int, seed: int) -> list:
-    return [encode_sample(lm.tokenizer, sample) for sample in make_samples(task, n, seed)]
+def task_samples(lm: LoadedModel, setting: TaskSetting, n: int, seed: int) -> list:
+    samples = make_samples(setting.task, n, seed, setting.filler_tokens)
+    return [encode_sample(lm.tokenizer, sample, setting.question_in_prompt) for sample in samples]
+
+
+def chunk_info(chunk: Chunk) -> dict:
+    return {"source": chunk.source, "documents": list(chunk.documents)}
 
 
 def run_evaluation(config: EvalConfig) -> dict:
@@ -215,19 +277,24 @@ def run_evaluation(config: EvalConfig) -> dict:
     budgets = list({b.label: b for b in map(Budget.parse, config.budgets)}.values())
     cache = CellCache(Path(config.cache_dir) / f"eval_{model_slug(lm.spec.name)}.jsonl")
     setup = Setup(lm, config, policies, budgets, cache)
-    chunks = token_chunks(lm.tokenizer, "heldout", config.chunk_len, max_chunks=config.chunks, seed=config.seed)
-    task_data = {task: task_samples(lm, task, config.samples, config.seed) for task in config.tasks}
+    chunks = document_chunks(lm.tokenizer, config.split, config.chunk_len, config.chunks, config.per_document,
+                             seed=config.seed)
+    task_data = {t: task_samples(lm, t, config.samples, config.seed) for t in task_settings(config)}
     timing = {"setup": time.perf_counter() - started}
     results = {}
     for stage in (stage for stage in build_stages(setup, chunks, task_data) if stage.items):
         begun = time.perf_counter()
         run_stage(setup, stage)
         results[stage.name] = reduce_stage(setup, stage)
+        if stage.name.startswith("perplexity"):
+            relative_to_dense(results[stage.name], config.bootstrap, config.seed)
         timing[stage.name] = time.perf_counter() - begun
     timing["total"] = time.perf_counter() - started
     return {
         "model": lm.spec.to_dict(), "config": asdict(config), "policies": list(policies), "skipped": skipped,
-        "budgets": [budget_info(b) for b in budgets], "data": {"chunks": len(chunks), "chunk_len": config.chunk_len,
-        **{task: len(samples) for task, samples in task_data.items()}},
+        "budgets": [budget_info(b) for b in budgets],
+        "data": {"chunks": len(chunks), "chunk_len": config.chunk_len, "split": config.split,
+                 "chunk_sources": [chunk_info(c) for c in chunks],
+                 **{t.stage: len(samples) for t, samples in task_data.items()}},
         "timing_s": {k: round(v, 2) for k, v in timing.items()}, "results": results,
     }

@@ -22,6 +22,9 @@ import torch
 
 from core.spec import FIRST_SPARSE_LAYER
 
+SINKS = 4  # the one protection rule of every scorer: the first tokens ...
+RECENT = 4  # ... and the newest ones, counted in the budget (docs/methods.md)
+
 
 @dataclass
 class LayerView:
@@ -122,7 +125,8 @@ class Policy:
     """A token-selection method: set `name`, then implement `scores` (scorer) or `prefill` + `step` (recurrence).
 
     `sinks` and `recent` are the protected tokens of a scorer (the first tokens and the newest ones,
-    counted in the budget); the current token is always read.
+    counted in the budget), the same for every scorer unless its paper defines its own; the current
+    token is always read.
     """
 
     name: ClassVar[str]
@@ -130,8 +134,8 @@ class Policy:
     pool: ClassVar[str] = "max"
     first_sparse_layer: ClassVar[int] = FIRST_SPARSE_LAYER
 
-    sinks: int = 0
-    recent: int = 0
+    sinks: int = SINKS
+    recent: int = RECENT
 
     def options(self) -> dict[str, Any]:
         """The policy's options (its dataclass fields): what identifies it beside its name."""
@@ -160,6 +164,12 @@ class Policy:
     def attach(self, model: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
         """Register the forward hooks a policy needs (a predictor reading hidden states); none by default."""
         return []
+
+    def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
+        """Memory a step reads beyond the K/V rows it gathers (a side cache, page bounds, all of K), in
+        K/V-row equivalents (2 * head_dim values) per KV head, summed over rows of `past` (tokens each
+        row may read) and `kept` (rows it reads). Zero by default: the method reads only its rows."""
+        return 0.0
 
     def scores(self, view: LayerView) -> torch.Tensor:
         """Scorer: [B, Hq, Q, T] importance of each past token to each query row and head (higher = keep)."""

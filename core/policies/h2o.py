@@ -38,6 +38,10 @@ class H2OPolicy(Policy):
     recent: int = field(default=0, init=False)
     recent_share: float = 0.5
 
+    def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
+        """The accumulated attention of every cached token: one value each."""
+        return float(kept.sum()) / (2 * head_dim)
+
     def prefill(self, view: LayerView, keep: int) -> HeavyHitters:
         b, hkv, t = *view.key.shape[:2], view.context
         acc = view.key.new_zeros(b, hkv, t, dtype=torch.float32)

@@ -19,3 +19,7 @@ class OraclePolicy(Policy):
 
     def scores(self, view: LayerView) -> torch.Tensor:
         return view.true_probs()
+
+    def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
+        """The whole of K, to know the true attention: half a K/V row per past token."""
+        return 0.5 * float(past.sum())

@@ -55,6 +55,10 @@ class QuestPolicy(Policy):
     def reset(self) -> None:
         self.pages = {}
 
+    def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
+        """Each page's key min and max (2 * head_dim values, one K/V row) per page of the past."""
+        return float(torch.div(past + self.page_size - 1, self.page_size, rounding_mode="floor").sum())
+
     def scores(self, view: LayerView) -> torch.Tensor:
         t = view.context
         if view.positions.numel() == 1 and int(view.positions[0]) == t - 1:

@@ -4,6 +4,9 @@ Prompt tokens are scored by the attention the observation window pays them (grou
 by a max-pool of width `kernel`, and the best ones are kept together with the window itself. The
 prompt is compressed to the budget at its end; tokens generated afterwards are all kept (SnapKV
 compresses prefill only), so its achieved sparsity falls as generation goes on and is reported so.
+
+The window takes at most half of the budget: the paper's budgets (1k-4k) dwarf its 32-token window,
+and a window that filled a small budget would leave no room for the selection (and drop the sink).
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ def compress_prompt(probs_window: torch.Tensor, keep: int, group: int, kernel: i
     kept = torch.zeros(b, hkv, p, dtype=torch.bool, device=probs_window.device)
     if keep >= p:
         return kept.fill_(True)
-    window = min(w, keep)
+    window = min(w, max(1, keep // 2))
     kept[..., p - window :] = True
     rest = keep - window
     if rest > 0:
-        votes = pool_group(probs_window[..., : p - w], group, "mean").sum(dim=2)
+        votes = pool_group(probs_window[..., : p - window], group, "mean").sum(dim=2)
         pooled = torch.nn.functional.max_pool1d(votes.view(b * hkv, 1, -1), kernel, stride=1, padding=kernel // 2)
         best = pooled.view(b, hkv, -1).topk(rest, dim=-1).indices
         kept.scatter_(-1, best, True)

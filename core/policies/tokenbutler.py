@@ -62,6 +62,10 @@ class TokenButlerPolicy(Policy):
     def available(cls) -> bool:
         return (DEFAULT_DIR / CONFIG_FILE).is_file()
 
+    def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
+        """The predictor's key cache, read whole at every step: `dim` values per past token."""
+        return float(past.sum()) * self.predictor.config.dim / (2 * head_dim)
+
     def _check_model(self, model: torch.nn.Module) -> None:
         """Refuse a predictor trained for another base model (once per model object)."""
         if id(model) in self._checked:

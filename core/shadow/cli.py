@@ -6,7 +6,7 @@ import argparse
 import time
 from dataclasses import asdict
 
-from core.args import add_model_args, split_csv
+from core.args import add_model_args, split_csv, split_ints
 from core.models import load
 from core.shadow.dataset import CACHE_DIR, cached_targets, training_prompts
 from core.shadow.evaluate import ShadowEvalConfig, heldout_windows, run_shadow_evaluation
@@ -17,10 +17,6 @@ from core.shadow.report import markdown_report, write_results
 from core.shadow.train import ShadowTrainConfig, train_predictor
 
 TRAIN_LENGTHS = "32,64,96,128,160,192"
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in split_csv(text))
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -75,7 +71,8 @@ def add_shadow_commands(subparsers) -> None:
     add_model_args(tr)
     tr.add_argument("--out", default=str(DEFAULT_DIR), help="folder for shadow.safetensors + config.json")
     tr.add_argument("--prompts", type=int, default=768, help="training prompts, from distinct 'train' chunks")
-    tr.add_argument("--lengths", type=_ints, default=_ints(TRAIN_LENGTHS), help="prompt lengths in tokens, cycled")
+    tr.add_argument("--lengths", type=split_ints, default=split_ints(TRAIN_LENGTHS),
+                    help="prompt lengths in tokens, cycled")
     tr.add_argument("--criterion", choices=GRADIENT_CRITERIA, default="plainact")
     tr.add_argument("--batch-size", type=int, default=8, help="prompts per capture pass")
     tr.add_argument("--cache-dir", default=str(CACHE_DIR), help="where captured targets are cached")

@@ -25,8 +25,8 @@ QUESTIONS = (
 )
 
 
-def make_coref(seed: int) -> TaskSample:
+def make_coref(seed: int, filler_tokens: int = 0) -> TaskSample:
     rng = random.Random(f"coref/{seed}")
     name = made_up_name(rng, syllables=rng.randint(2, 3))
-    parts = [f"{rng.choice(INTROS)} {name}.", *filler_paragraphs(rng, count=3)]
+    parts = [f"{rng.choice(INTROS)} {name}.", *filler_paragraphs(rng, count=3, tokens=filler_tokens)]
     return TaskSample(context="\n\n".join(parts) + "\n\n", question=rng.choice(QUESTIONS), answer=f" {name}")

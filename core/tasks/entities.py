@@ -11,7 +11,7 @@ from core.tasks.fillers import filler_paragraphs
 CITIES = ("Lisbon", "Oslo", "Nairobi", "Lima", "Hanoi", "Tbilisi", "Montreal", "Perth", "Dakar", "Bergen")
 
 
-def make_entities(seed: int, people: int = 4) -> TaskSample:
+def make_entities(seed: int, filler_tokens: int = 0, people: int = 4) -> TaskSample:
     rng = random.Random(f"entities/{seed}")
     names: list[str] = []
     while len(names) < people:
@@ -23,7 +23,7 @@ def make_entities(seed: int, people: int = 4) -> TaskSample:
     facts = " ".join(
         f"{n} lives in {c} and the code word of {n} is {w}." for n, c, w in zip(names, cities, words, strict=True)
     )
-    fillers = filler_paragraphs(rng, count=2)
+    fillers = filler_paragraphs(rng, count=2, tokens=filler_tokens)
     target = rng.randrange(people)
     context = "\n\n".join(["The members of the expedition each received a secret code word.", facts, *fillers])
     who = names[target]

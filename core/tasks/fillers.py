@@ -53,7 +53,17 @@ def arithmetic(rng: random.Random) -> str:
     return f"A quick sum to keep the mind awake: {a} plus {b} equals {a + b}."
 
 
-def filler_paragraphs(rng: random.Random, count: int = 3) -> list[str]:
-    """`count` paragraphs, each from a different topic where possible, then an arithmetic statement."""
-    topics = rng.sample(TOPICS, k=min(count, len(TOPICS))) + [rng.choice(TOPICS) for _ in range(count - len(TOPICS))]
-    return [rng.choice(topic) for topic in topics] + [arithmetic(rng)]
+CHARS_PER_TOKEN = 4.5  # of this English filler under the SmolLM2 tokenizer (measured: 4.4-4.7)
+
+
+def filler_paragraphs(rng: random.Random, count: int = 3, tokens: int = 0) -> list[str]:
+    """`count` paragraphs, each from a different topic where possible, then an arithmetic statement; with
+    `tokens`, paragraphs (an arithmetic statement after every third) until about that many tokens."""
+    if tokens <= 0:
+        topics = rng.sample(TOPICS, k=min(count, len(TOPICS)))
+        topics += [rng.choice(TOPICS) for _ in range(count - len(TOPICS))]
+        return [rng.choice(topic) for topic in topics] + [arithmetic(rng)]
+    paragraphs: list[str] = []
+    while sum(map(len, paragraphs)) < tokens * CHARS_PER_TOKEN:
+        paragraphs += [rng.choice(rng.choice(TOPICS)) for _ in range(3)] + [arithmetic(rng)]
+    return paragraphs
