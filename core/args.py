@@ -20,6 +20,14 @@ def split_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from err
 
 
+def parse_bool(text: str) -> bool:
+    """'yes'/'no', 'true'/'false', '1'/'0' -> bool; anything else is an argparse error."""
+    value = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return value
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="embedded default, a hub id, a local folder or .gguf")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when present)")

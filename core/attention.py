@@ -144,8 +144,11 @@ def policy_attention(
         total = int((view.positions[rows] + 1).sum()) * hkv * query.shape[0]
         if not sparse:
             session.stats.add(total, total)
-            return _dense(*dense_args, **kwargs), None
-        mask = teacher_mask(policy, view, session.budget, session.prompt_len)
+            if q_len == t:
+                return _dense(*dense_args, **kwargs), None
+            causal = view.causal()[None, None].expand(key.shape[0], hkv, -1, -1)  # a pass after a prefill
+            return _masked(query, key, value, causal, scale), None
+        mask = teacher_mask(policy, view, session.budget, session.prompt_len, session.states.get(layer))
         kept = mask[:, :, rows].sum(-1)  # [B, Hkv, rows]
         past = (view.positions[rows] + 1).expand_as(kept)
         session.stats.add(int(kept.sum()), total, policy.side_reads(past, kept, query.shape[-1]))

@@ -247,6 +247,23 @@ def forward_teacher(
     return logits, session.stats
 
 
+def forward_teacher_after(
+    lm: LoadedModel, shared: Prefilled, tail: torch.Tensor, policy: Policy | str, budget: Budget
+) -> tuple[torch.Tensor, ReadStats]:
+    """The teacher-forced pass over `tail` [1, n] after a shared dense prefill: logits [1, n, V] equal to
+    rows P.. of `forward_teacher` over prompt + tail (tests check it), without recomputing the prompt,
+    which is dense for every method and budget and so is run once for all of them."""
+    policy = resolve_policy(policy)
+    policy.reset()
+    prompt_len = shared.ids.shape[1]
+    session = SparseSession(policy=policy, budget=budget, mode="teacher", prompt_len=prompt_len)
+    session.observe_prefill(shared.views)
+    cache = fork_cache(shared.cache, prompt_len + tail.shape[-1])
+    with torch.inference_mode(), activate(session, lm.model):
+        logits = lm.model(input_ids=tail.view(1, -1).to(lm.device), past_key_values=cache, use_cache=True).logits
+    return logits, session.stats
+
+
 def decode_forced(
     lm: LoadedModel, input_ids: torch.Tensor, policy: Policy, budget: Budget, prompt_len: int
 ) -> tuple[torch.Tensor, ReadStats]:

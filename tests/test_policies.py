@@ -197,6 +197,22 @@ def test_decoding_from_a_shared_prefill_equals_decoding_from_the_prompt(tiny_lm,
     assert shared.cache.get_seq_length() == 40
 
 
+@pytest.mark.parametrize(("name", "budget"), [(n, "30%") for n in EVERY_METHOD] + [("h2o", "9"), ("quest", "9")])
+def test_a_teacher_pass_after_a_shared_prefill_equals_the_whole_pass(tiny_lm, name, budget):
+    """The long-prompt protocol's pass: rows after a shared dense prefill, as the whole teacher pass has them."""
+    from core.decode import forward_teacher_after, prefill_prompt
+
+    ids, prompt_len = prompt_ids(50, seed=6)[0], 30
+    whole, whole_stats = forward_teacher(tiny_lm, ids, build(name, tiny_lm), Budget.parse(budget), prompt_len)
+    shared = prefill_prompt(tiny_lm, ids[:prompt_len], GenerationConfig(max_new_tokens=20))
+    for _ in range(2):  # the shared prefill is left as it was
+        tail, stats = forward_teacher_after(tiny_lm, shared, ids[prompt_len:], build(name, tiny_lm),
+                                            Budget.parse(budget))
+        assert torch.allclose(whole[0, prompt_len:], tail[0], atol=1e-4)
+        assert (whole_stats.read, whole_stats.total) == (stats.read, stats.total)
+        assert whole_stats.side == pytest.approx(stats.side)
+
+
 @pytest.mark.parametrize(("budget", "fits"), [(Budget(ratio=0.3), True), (Budget(tokens=9), True),
                                              (Budget(tokens=4), False)])  # 4: protection alone exceeds it
 def test_batched_tokenbutler_decoding_equals_the_per_layer_path(tiny_lm, budget, fits, monkeypatch):

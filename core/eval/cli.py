@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import core.eval
-from core.args import split_csv, split_ints
+from core.args import parse_bool, split_csv, split_ints
 from core.eval.config import FULL_GRID, EvalConfig
 from core.eval.figures import write_outputs
 from core.eval.report import markdown_report
@@ -25,6 +25,7 @@ FLAGS = (  # EvalConfig field, type, help (defaults come from EvalConfig, or its
     ("chunk_len", int, "tokens per chunk"),
     ("dense_prefix", int, "protocol 1: dense prompt tokens at the start of each chunk (the loss counts after them)"),
     ("long_prompt", int, "protocol 2: a long dense prompt, the loss over the rest of the chunk (0: off)"),
+    ("short_prompt", parse_bool, "run protocol 1 (yes/no)"),
     ("metric_rows", int, "query rows per chunk scored for hit accuracy and recall"),
     ("decode_chunks", int, "chunks also run by real token-by-token decoding"),
     ("decode_len", int, "tokens of each really decoded chunk"),

@@ -28,6 +28,7 @@ class EvalConfig:
     chunk_len: int = 1024
     dense_prefix: int = 64  # protocol 1: a short prompt, then every later token scored under the budget
     long_prompt: int = 768  # protocol 2: a long prompt (prompt compression's setting), then the rest; 0: off
+    short_prompt: bool = True  # run protocol 1 (a long-context grid may run protocol 2 alone)
     metric_rows: int = 32  # query rows per chunk scored for hit accuracy / recall (evenly spaced, last included)
     decode_chunks: int = 1  # chunks also run by real token-by-token decoding ...
     decode_len: int = 256  # ... cut to this many tokens

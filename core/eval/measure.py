@@ -11,7 +11,14 @@ import torch
 from core.attention import SparseSession
 from core.budget import Budget
 from core.capture import capture_views
-from core.decode import GenerationConfig, decode_forced, decode_tokens, forward_teacher, prefill_prompt
+from core.decode import (
+    GenerationConfig,
+    decode_forced,
+    decode_tokens,
+    forward_teacher,
+    forward_teacher_after,
+    prefill_prompt,
+)
 from core.metrics import row_indices, selection_metrics
 from core.models import LoadedModel
 from core.policies import Policy
@@ -36,6 +43,22 @@ def chunk_nll(lm: LoadedModel, ids: torch.Tensor, policy: Policy, budget: Budget
     logits, stats = forward_teacher(lm, ids, policy, budget, prefix)
     return {"nll": _nll(_log_probs(logits[0, prefix:-1]), ids[prefix + 1 :]), "tokens": ids.numel() - prefix - 1,
             "read": stats.read, "total": stats.total, "side": stats.side}
+
+
+def long_prompt_cells(
+    lm: LoadedModel, ids: torch.Tensor, policies: dict[str, Policy], budgets: dict[str, list[Budget]], prompt_len: int
+) -> dict[tuple[str, str], dict]:
+    """`chunk_nll` with a long prompt for every policy and budget, sharing one dense prefill of the prompt:
+    each pass runs only the rows after it (`forward_teacher_after`, which equals the whole pass there)."""
+    shared = prefill_prompt(lm, ids[:prompt_len], GenerationConfig(max_new_tokens=ids.numel() - prompt_len))
+    cells = {}
+    for name, policy in policies.items():
+        for budget in budgets[name]:
+            logits, stats = forward_teacher_after(lm, shared, ids[prompt_len:], policy, budget)
+            cells[(name, budget.label)] = {
+                "nll": _nll(_log_probs(logits[0, :-1]), ids[prompt_len + 1 :]), "tokens": ids.numel() - prompt_len - 1,
+                "read": stats.read, "total": stats.total, "side": stats.side}
+    return cells
 
 
 def decode_agreement(lm: LoadedModel, ids: torch.Tensor, policy: Policy, budget: Budget, prefix: int) -> dict:

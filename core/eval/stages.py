@@ -18,7 +18,7 @@ from core.data import Chunk, document_chunks
 from core.eval.cache import CellCache, Key, code_digest, digest, policy_digest
 from core.eval.config import EvalConfig, model_slug
 from core.eval.intervals import ratio_interval, resample_indices, share_interval
-from core.eval.measure import attention_cells, chunk_nll, decode_agreement, listed, task_cells
+from core.eval.measure import attention_cells, chunk_nll, decode_agreement, listed, long_prompt_cells, task_cells
 from core.models import LoadedModel, load
 from core.policies import Policy, UnknownPolicyError, make_policy, policy_names
 from core.spec import FIRST_SPARSE_LAYER
@@ -26,10 +26,13 @@ from core.tasks import encode_sample, make_samples
 from core.tiny import QUICK_MODEL, tiny_model
 from core.trace import ReadStats
 
+Cell = tuple[str, str]  # (policy, budget label)
+
 
 @dataclass
 class Stage:
-    """One measurement over data items; `measure_item`, when set, fills all of an item's cells in one go."""
+    """One measurement over data items; `measure_item`, when set, fills an item's missing cells in one go
+    (given the policies and budgets still missing: what is cached is never measured again)."""
 
     name: str
     items: list
@@ -37,7 +40,7 @@ class Stage:
     measure: Callable[[str, Budget, object], dict] | None
     reduce: Callable[[list[dict]], dict]
     ident: Callable[[object], tuple] = lambda item: (item,)
-    measure_item: Callable[[object], dict[tuple[str, str], dict]] | None = None
+    measure_item: Callable[[object, dict[str, Policy], dict[str, list[Budget]]], dict[Cell, dict]] | None = None
 
 
 @dataclass
@@ -70,8 +73,12 @@ def run_stage(s: Setup, stage: Stage) -> None:
         keys = {(n, b.label): (s.key(stage, n, b, item), n, b) for n, bs in stage.budgets.items() for b in bs}
         missing = [entry for entry in keys.values() if s.cache.get(entry[0]) is None]
         if missing and stage.measure_item is not None:
-            jobs.append(lambda item=item, keys=keys: {
-                keys[nb][0]: value for nb, value in stage.measure_item(item).items() if nb in keys})
+            wanted: dict[str, list[Budget]] = {}
+            for _, name, budget in missing:
+                wanted.setdefault(name, []).append(budget)
+            chosen = {name: s.policies[name] for name in wanted}
+            jobs.append(lambda item=item, keys=keys, chosen=chosen, wanted=wanted: {
+                keys[nb][0]: value for nb, value in stage.measure_item(item, chosen, wanted).items() if nb in keys})
         else:
             jobs.extend(lambda k=k, n=n, b=b, item=item: {k: stage.measure(n, b, item)} for k, n, b in missing)
     unit = "cell" if stage.measure_item is None else "item"
@@ -201,21 +208,24 @@ def build_stages(s: Setup, chunks: list[Chunk], task_data: dict[TaskSetting, lis
     stages = [
         Stage("attention", chunks, s.budgets_for(s.budgets), None, reduce_attention,
               ident=lambda c: (c.ids, config.metric_rows),
-              measure_item=lambda c: attention_cells(s.lm, c.ids, policies, s.budgets_for(s.budgets),
-                                                     config.metric_rows, prefix)),
-        Stage("perplexity", chunks, s.budgets_for(s.budgets),
-              lambda n, b, c: chunk_nll(s.lm, c.ids, policies[n], b, prefix), reduce_perplexity, ident=ids),
+              measure_item=lambda c, chosen, wanted: attention_cells(s.lm, c.ids, chosen, wanted,
+                                                                     config.metric_rows, prefix)),
     ]
+    if config.short_prompt:
+        stages.append(Stage("perplexity", chunks, s.budgets_for(s.budgets),
+                            lambda n, b, c: chunk_nll(s.lm, c.ids, policies[n], b, prefix), reduce_perplexity,
+                            ident=ids))
     if 0 < config.long_prompt < config.chunk_len - 1:
-        stages.append(Stage("perplexity_long_prompt", chunks, s.budgets_for(s.budgets),
-                            lambda n, b, c: chunk_nll(s.lm, c.ids, policies[n], b, config.long_prompt),
-                            reduce_perplexity, ident=lambda c: (c.ids, "prompt", config.long_prompt)))
+        stages.append(Stage("perplexity_long_prompt", chunks, s.budgets_for(s.budgets), None, reduce_perplexity,
+                            ident=lambda c: (c.ids, "prompt", config.long_prompt),
+                            measure_item=lambda c, chosen, wanted: long_prompt_cells(s.lm, c.ids, chosen, wanted,
+                                                                                     config.long_prompt)))
     stages.append(Stage("decode", [c.ids[: config.decode_len] for c in chunks[: config.decode_chunks]],
                         s.budgets_for([Budget.parse(b) for b in config.decode_budgets]),
                         lambda n, b, c: decode_agreement(s.lm, c, policies[n], b, prefix), reduce_decode))
     stages += [
         Stage(setting.stage, samples, s.budgets_for(task_budgets), None, task_reducer(config.bootstrap, config.seed),
-              ident=sample_ident, measure_item=lambda x: task_cells(s.lm, x, policies, s.budgets_for(task_budgets)))
+              ident=sample_ident, measure_item=lambda x, chosen, wanted: task_cells(s.lm, x, chosen, wanted))
         for setting, samples in task_data.items()
     ]
     return stages

@@ -96,27 +96,41 @@ def decode_selection(policy: Policy, state: Any, view: LayerView, keep: int, wan
     return Selection(indices, head[:, :, -1, :])
 
 
-def replay(policy: Policy, view: LayerView, budget: Budget, prompt_len: int) -> torch.Tensor:
-    """A recurrence over a whole sequence (rows = positions 0..T-1): [B, Hkv, T, T] keep mask.
+def _step_rows(policy: Policy, state: Any, view: LayerView, budget: Budget, masks: torch.Tensor, first: int) -> None:
+    """Rows `first`.. of `view`, each one `step` of the recurrence (as in decoding), written into `masks`."""
+    view.true_logits()  # once for all the rows: every row's view slices it
+    for row in range(first, view.positions.numel()):
+        position = int(view.positions[row])
+        kept = policy.step(state, view.rows(slice(row, row + 1), position + 1), budget.keep(position + 1))
+        masks[:, :, row, : position + 1] = kept
 
-    Rows before `prompt_len` are the dense prefill; each later row is one `step`, as in decoding.
+
+def replay(policy: Policy, view: LayerView, budget: Budget, prompt_len: int, state: Any = None) -> torch.Tensor:
+    """A recurrence over a pass: [B, Hkv, Q, T] keep mask.
+
+    Over a whole sequence (rows = positions 0..T-1), rows before `prompt_len` are the dense prefill
+    and each later row is one `step`. A pass after a prefill run elsewhere (rows from position P > 0)
+    continues from that prefill's `state`, every row a step.
     """
-    t = view.context
-    if view.positions.numel() != t or int(view.positions[0]) != 0:
-        raise ValueError("replay needs a view over every row of the sequence, from position 0.")
-    view.true_logits()  # once for the whole sequence: every row's view slices it
     b, hkv = view.key.shape[:2]
     masks = view.causal()[None, None].expand(b, hkv, -1, -1).clone()
-    prompt = min(prompt_len, t)
+    if int(view.positions[0]) > 0:
+        if state is None:
+            raise ValueError("A pass after a prefill needs the recurrence's prefill state (observe_prefill).")
+        _step_rows(policy, state, view, budget, masks, 0)
+        return masks
+    if view.positions.numel() != view.context:
+        raise ValueError("replay needs a view over every row of the sequence, from position 0.")
+    prompt = min(prompt_len, view.context)
     state = policy.prefill(view.rows(slice(0, prompt), prompt), budget.keep(prompt))
-    for row in range(prompt, t):
-        masks[:, :, row, : row + 1] = policy.step(state, view.rows(slice(row, row + 1), row + 1), budget.keep(row + 1))
+    _step_rows(policy, state, view, budget, masks, prompt)
     return masks
 
 
-def teacher_mask(policy: Policy, view: LayerView, budget: Budget, prompt_len: int) -> torch.Tensor:
-    """Teacher forcing over a whole sequence: [B, Hkv, Q, T] keep mask, prompt rows dense."""
+def teacher_mask(policy: Policy, view: LayerView, budget: Budget, prompt_len: int, state: Any = None) -> torch.Tensor:
+    """Teacher forcing: [B, Hkv, Q, T] keep mask, prompt rows dense (`state`: a recurrence's prefill state
+    when the pass follows a prefill run elsewhere)."""
     if not policy.stateless:
-        return replay(policy, view, budget, prompt_len)
+        return replay(policy, view, budget, prompt_len, state)
     keeps = budget.row_keeps(view.positions, prompt_len)
     return scorer_ranks(policy, view)[1] < keeps[:, None]

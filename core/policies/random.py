@@ -31,9 +31,10 @@ class RandomPolicy(Policy):
     seed: int = 0
 
     def scores(self, view: LayerView) -> torch.Tensor:
+        """One draw per KV head (every query head of a group shares it), hashed once per KV head."""
         b, hq, q, _ = view.query.shape
-        heads = torch.arange(hq)[:, None, None] // view.group
+        heads = torch.arange(hq // view.group)[:, None, None]
         rows = view.positions.cpu()[None, :, None]
         cols = torch.arange(view.context)[None, None, :]
         draw = hashed_uniform(torch.tensor(self.seed), torch.tensor(view.layer), rows, heads, cols)
-        return draw.to(view.key.device).expand(b, hq, q, view.context)
+        return draw.to(view.key.device).repeat_interleave(view.group, dim=0).expand(b, hq, q, view.context)
