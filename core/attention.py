@@ -92,6 +92,16 @@ def _dense_step(module, query, key, value, attention_mask, scaling, dropout, **k
     return dense_decode_attention(query[:, :, 0, :], key, value, scale)[:, None, :, :]
 
 
+def _dense_rows(dense_args: tuple, view: LayerView, **kwargs) -> torch.Tensor:
+    """Dense attention of a pass's rows: transformers' SDPA over a whole sequence, the causal mask of each
+    row's position when the pass follows a cache (a pass after a prefill, a chunk of a chunked prefill)."""
+    _, query, key, value, _, scaling, _ = dense_args
+    if query.shape[2] == key.shape[2]:
+        return _dense(*dense_args, **kwargs)
+    causal = view.causal()[None, None].expand(key.shape[0], key.shape[1], -1, -1)
+    return _masked(query, key, value, causal, scaling if scaling is not None else query.shape[-1] ** -0.5)
+
+
 def _masked(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -144,10 +154,7 @@ def policy_attention(
         total = int((view.positions[rows] + 1).sum()) * hkv * query.shape[0]
         if not sparse:
             session.stats.add(total, total)
-            if q_len == t:
-                return _dense(*dense_args, **kwargs), None
-            causal = view.causal()[None, None].expand(key.shape[0], hkv, -1, -1)  # a pass after a prefill
-            return _masked(query, key, value, causal, scale), None
+            return _dense_rows(dense_args, view, **kwargs), None
         mask = teacher_mask(policy, view, session.budget, session.prompt_len, session.states.get(layer))
         kept = mask[:, :, rows].sum(-1)  # [B, Hkv, rows]
         past = (view.positions[rows] + 1).expand_as(kept)
@@ -157,7 +164,7 @@ def policy_attention(
     if q_len > 1:  # dense prefill
         if sparse:
             session.states[layer] = prefill_state(policy, view, session.budget)
-        return _dense(*dense_args, **kwargs), None
+        return _dense_rows(dense_args, view, **kwargs), None
 
     want_scores = session.trace is not None
     state = session.states.get(layer)

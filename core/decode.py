@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -143,18 +143,36 @@ def prompt_tensor(lm: LoadedModel, prompt: str | torch.Tensor, config: Generatio
     return ids
 
 
-def prefill_prompt(lm: LoadedModel, prompt: str | torch.Tensor, config: GenerationConfig | None = None) -> Prefilled:
-    """Run a prompt's dense prefill once, keeping what every method's decoding starts from."""
+PREFILL_CHUNK = 1024  # a long prompt is prefilled this many tokens at a time, so progress can be shown
+
+
+def prefill_prompt(
+    lm: LoadedModel,
+    prompt: str | torch.Tensor,
+    config: GenerationConfig | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Prefilled:
+    """Run a prompt's dense prefill once, keeping what every method's decoding starts from.
+
+    A prompt longer than PREFILL_CHUNK is prefilled in chunks through the cache (each chunk's rows read
+    the cache and themselves, causally: the same attention), calling `on_progress(done, total)` after
+    each, so a page can show progress and an ETA for a long prompt before the first token."""
     config = config or GenerationConfig()
     ids = prompt_tensor(lm, prompt, config)
+    total = ids.shape[1]
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    session = SparseSession(
-        make_policy("dense"), Budget.dense(), mode="decode", prompt_len=ids.shape[1], capture=captured
-    )
-    cache = preallocated_cache(lm.model.config, ids.shape[1])
+    session = SparseSession(make_policy("dense"), Budget.dense(), mode="decode", prompt_len=total, capture=captured)
+    cache = preallocated_cache(lm.model.config, total)
     start = time.perf_counter()
-    logits = prefill(lm, session, cache, ids)
-    views = views_from_capture(captured, lm.spec.head_dim**-0.5)
+    queries: dict[int, list[torch.Tensor]] = {}
+    for begin in range(0, total, PREFILL_CHUNK):
+        logits = prefill(lm, session, cache, ids[:, begin : begin + PREFILL_CHUNK])
+        for layer, (query, _) in captured.items():
+            queries.setdefault(layer, []).append(query)
+        if on_progress is not None:
+            on_progress(min(begin + PREFILL_CHUNK, total), total)
+    whole = {layer: (torch.cat(queries[layer], dim=2), key) for layer, (_, key) in captured.items()}
+    views = views_from_capture(whole, lm.spec.head_dim**-0.5)
     return Prefilled(ids, logits, cache, views, time.perf_counter() - start)
 
 

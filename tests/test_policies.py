@@ -197,6 +197,24 @@ def test_decoding_from_a_shared_prefill_equals_decoding_from_the_prompt(tiny_lm,
     assert shared.cache.get_seq_length() == 40
 
 
+def test_a_chunked_prefill_equals_one_pass_and_reports_progress(tiny_lm, monkeypatch):
+    from core import decode
+
+    config = GenerationConfig(max_new_tokens=6, stop_at_eos=False)
+    whole = decode.prefill_prompt(tiny_lm, prompt_ids(45), config)
+    monkeypatch.setattr(decode, "PREFILL_CHUNK", 16)
+    seen = []
+    chunked = decode.prefill_prompt(tiny_lm, prompt_ids(45), config, on_progress=lambda done, total: seen.append(done))
+    assert seen == [16, 32, 45]
+    assert torch.allclose(whole.logits, chunked.logits, atol=1e-5)
+    for layer, view in whole.views.items():
+        assert torch.allclose(view.query, chunked.views[layer].query, atol=1e-5)
+        assert torch.allclose(view.key, chunked.views[layer].key, atol=1e-5)
+    for name in ("h2o", "tokenbutler"):
+        a = [e.token_id for e in generate(tiny_lm, whole, build(name, tiny_lm), Budget(ratio=0.3), config)]
+        assert a == [e.token_id for e in generate(tiny_lm, chunked, build(name, tiny_lm), Budget(ratio=0.3), config)]
+
+
 @pytest.mark.parametrize(("name", "budget"), [(n, "30%") for n in EVERY_METHOD] + [("h2o", "9"), ("quest", "9")])
 def test_a_teacher_pass_after_a_shared_prefill_equals_the_whole_pass(tiny_lm, name, budget):
     """The long-prompt protocol's pass: rows after a shared dense prefill, as the whole teacher pass has them."""
