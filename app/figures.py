@@ -12,6 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.eval.figures import add_panel
 from core.eval.report import Panel
 from core.palette import color
 from core.traceviews import (
@@ -212,12 +213,9 @@ def curves_figure(curves: dict[str, dict[str, dict[str, float]]], title: str,
 
 
 def panel_figure(panel: Panel, source: str) -> go.Figure:
-    """One panel of the evaluation's own report (core.eval.report.figure_panels): a line per policy."""
+    """One panel of the evaluation's own report (core.eval.report.figure_panels), drawn as the report draws it."""
     fig = go.Figure()
-    for policy, (xs, ys) in panel.series.items():
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=policy, mode="lines+markers", line={"color": color(policy)},
-                                 hovertemplate=f"{policy}<br>{panel.xlabel} %{{x}}<br>%{{y:.3f}}<extra></extra>"))
-    fig.update_xaxes(title_text=panel.xlabel)
-    fig.update_layout(template=TEMPLATE, height=380, margin={"l": 50, "r": 20, "t": 70, "b": 50},
+    add_panel(fig, panel)
+    fig.update_layout(template=TEMPLATE, height=380, margin={"l": 50, "r": 20, "t": 70, "b": 50}, barmode="group",
                       title={"text": f"{panel.title}<br><sup>{source}</sup>", "font": {"size": 13}})
     return fig

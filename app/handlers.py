@@ -14,9 +14,11 @@ Anything else is logged on the server and reported in one line, never as a stack
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect as pyinspect
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,9 +27,11 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
+import torch
 
 from app import figures, markup
 from app.gpu import gpu
+from app.reference import PREFILLS, REFERENCES, DenseReference, RunKey
 from app.state import RunRecord, shared_model
 from core import decode, metrics
 from core.budget import Budget, BudgetError
@@ -38,6 +42,8 @@ from core.traceviews import keep_frequency, step_view
 
 log = logging.getLogger(__name__)
 
+MAX_NEW_TOKENS = 256
+MAX_TEMPERATURE = 2.0
 LIVE_FIGURE_EVERY_S = 1.0  # Inspect follows the newest step this often while a run streams
 STATS_EVERY_S = 0.5  # the stats table too: every token would cost the stream more than it shows
 NO_RUN = "Nothing to inspect yet: run a generation on the Generate tab first."
@@ -92,13 +98,15 @@ def user_errors(fn: Callable) -> Callable:
 
 def parse_budget(kind: str, ratio: float | None, tokens: float | None) -> Budget:
     """The budget the visitor picked: a ratio of the past or a whole number of tokens."""
+    if kind not in ("ratio", "tokens"):
+        raise BudgetError(f"Budget kind must be 'ratio' or 'tokens', got {kind!r}.")
     if kind == "tokens":
         if tokens is None:
             raise BudgetError("Give a token budget: a whole number, at least 1.")
-        return Budget(tokens=int(tokens))  # gr.Number(precision=0) already rounded it
+        return Budget(tokens=_check_range("Budget tokens", tokens, 1, 10**9))
     if ratio is None:
         raise BudgetError("Give a budget ratio between 0 and 1.")
-    return Budget(ratio=float(ratio))
+    return Budget(ratio=_check_number("Budget ratio", ratio, 0.0, 1.0))
 
 
 def parse_budget_list(text: str) -> list[Budget]:
@@ -116,9 +124,11 @@ def _require_run(record: RunRecord | None) -> RunRecord:
 
 
 def _check_range(name: str, value: float, low: int, high: int) -> int:
-    if value is None or not low <= int(value) <= high:
-        raise gr.Error(f"{name} must be between {low} and {high}, got {value}.")
-    return int(value)
+    """A whole number in [low, high] (an API client may send NaN, infinities, fractions or strings)."""
+    number = _check_number(name, value, low, high)
+    if number != int(number):
+        raise gr.Error(f"{name} must be a whole number, got {value}.")
+    return int(number)
 
 
 def render_step(record: RunRecord, step: int, layer: int) -> tuple[str, go.Figure, go.Figure]:
@@ -187,21 +197,24 @@ def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
     @gpu
     @user_errors
     def generate(prompt: str, method: str, budget_kind: str, ratio: float, tokens: float, max_new_tokens: float,
-                 temperature: float, layer: float) -> Iterator[Updates]:
-        """Stream the method's output (traced), then dense for the same prompt; Inspect follows the newest step."""
+                 temperature: float, layer: float,
+                 progress: gr.Progress = gr.Progress()) -> Iterator[Updates]:  # noqa: B008 (gradio's idiom)
+        """Stream the method's output (traced), then dense for the same prompt (or the dense reference already
+        decoded for it); Inspect follows the newest step."""
         lm = shared_model()
         layer = _check_range("Layer", layer, 0, lm.spec.num_layers - 1)
+        max_new_tokens = _check_range("Max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+        temperature = _check_number("Temperature", temperature, 0.0, MAX_TEMPERATURE)
         budget = parse_budget(budget_kind, ratio, tokens)
         policy = make_policy(method)
-        config = decode.GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                                         trace=True)
+        config = decode.GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, trace=True)
         ids = decode.encode_prompt(lm, prompt, chat=True, reserve=config.max_new_tokens)
         record = RunRecord.start(lm, method, budget.label, ids[0].tolist())
         mine = markup.RunSummary(f"{method} @ {budget.label}", state="generating")
         runs = [mine] if method == "dense" else [mine, markup.RunSummary("dense", state="waiting")]
         stats, figure = Ticker(STATS_EVERY_S), Ticker(LIVE_FIGURE_EVERY_S)
         text = ""
-        shared = decode.prefill_prompt(lm, ids, config)  # dense for every method: one prefill serves both runs
+        shared, prefill_note = _prefilled(lm, ids, config, progress)  # dense for every method: one serves all
         for event in decode.generate(lm, shared, policy, budget, config):
             record.add_token(lm, event.token_id, event.trace)
             text = event.text
@@ -215,17 +228,57 @@ def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
                 update |= out.follow(record, layer)
             yield update
         mine.state = "done"
+        key = RunKey.of(lm.spec.name, ids[0].tolist(), config)
         if method == "dense":
             dense_text, note = text, "Dense is the reference: pick a sparse method to compare against it."
+            REFERENCES.put(key, DenseReference(text, record.generated_ids, mine))
         else:
-            dense_text, dense_ids = yield from _stream_dense(lm, shared, config, runs, out)
-            note = markup.difference_note(method, record.generated_ids, dense_ids, lm.tokenizer.decode)
+            reference = REFERENCES.get(key)
+            if reference is None:
+                dense_text, dense_ids = yield from _stream_dense(lm, shared, config, runs, out)
+                REFERENCES.put(key, DenseReference(dense_text, dense_ids, runs[-1]))
+                reused = ""
+            else:
+                runs[-1] = dataclasses.replace(reference.summary, label="dense", state="reused")
+                dense_text, dense_ids, reused = reference.text, reference.ids, " " + reference.reused_note()
+            note = markup.difference_note(method, record.generated_ids, dense_ids, lm.tokenizer.decode) + reused
+        note += f"\n\n{prefill_note}"
         frequency = keep_frequency(record.traces, record.prompt_len)
         yield {out.method_text: text, out.dense_text: dense_text, out.stats: markup.stats_markdown(runs, note),
                out.prompt_view: markup.prompt_html(record.tokens[: record.prompt_len], frequency, method),
                out.record: record, **out.follow(record, layer)}
 
     return generate
+
+
+def _prefilled(lm: LoadedModel, ids: torch.Tensor, config: decode.GenerationConfig,
+               progress: gr.Progress) -> tuple[decode.Prefilled, str]:
+    """The prompt's dense prefill, reused when it is the newest prompt's, with a progress bar (tokens and an
+    ETA) while a long prompt is prefilled; and a note saying which."""
+    key = (lm.spec.name, tuple(ids[0].tolist()))
+    found = PREFILLS.get(key)
+    if found is not None:
+        return found, f"Prefill of the {ids.shape[1]:,} prompt tokens reused (the same prompt as the last run)."
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        eta = (total - done) * (time.perf_counter() - started) / done
+        progress(done / total, desc=f"prefill: {done:,} / {total:,} prompt tokens, about {eta:.0f} s left")
+
+    shared = decode.prefill_prompt(lm, ids, config, on_progress=report)
+    PREFILLS.put(key, shared)
+    return shared, f"Prefill: {ids.shape[1]:,} prompt tokens in {shared.seconds:.1f} s, shared by both runs."
+
+
+def _check_number(name: str, value: float, low: float, high: float) -> float:
+    """A finite number in [low, high] (an API client may send NaN, infinities or strings)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise gr.Error(f"{name} must be between {low} and {high}, got {value}.")
+    return number
 
 
 def _stream_dense(lm: LoadedModel, shared: decode.Prefilled, config: decode.GenerationConfig,

@@ -15,7 +15,7 @@ import gradio as gr
 
 from app import examples, figures, handlers, results
 from app.about import about_markdown
-from app.handlers import RunViews, StepViews
+from app.handlers import MAX_NEW_TOKENS, MAX_TEMPERATURE, RunViews, StepViews
 from app.shadow_handlers import ShadowViews, analyze_handler, shipped_predictor
 from app.state import STATE_TTL_S, default_method, ready_methods, shared_model, sparse_methods
 from core.models import LoadedModel
@@ -23,7 +23,6 @@ from core.shadow import ShadowPredictor
 
 MODEL_QUEUE = "model"
 QUEUE_MAX = 32
-MAX_NEW_TOKENS = 256
 VIEW_CONCURRENCY = 4
 CSS = """
 .tb-prompt { font-family: ui-monospace, monospace; font-size: 13px; line-height: 1.9; max-height: 420px;
@@ -80,8 +79,8 @@ def _budget_controls() -> tuple[gr.Radio, gr.Slider, gr.Number]:
                     elem_id="budget-kind")
     ratio = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Budget ratio (share of past tokens read per KV head)",
                       elem_id="budget-ratio")
-    tokens = gr.Number(value=64, precision=0, label="Budget tokens per KV head", visible=False,
-                       elem_id="budget-tokens")
+    tokens = gr.Number(value=64, step=1, label="Budget tokens per KV head", visible=False,  # the handler
+                       elem_id="budget-tokens")  # checks it is a whole number (gradio's rounding fails on NaN)
     kind.change(lambda k: {ratio: gr.update(visible=k == "ratio"), tokens: gr.update(visible=k == "tokens")}, kind,
                 [ratio, tokens], queue=False, api_visibility="private")
     return kind, ratio, tokens
@@ -98,7 +97,7 @@ def build_generate_tab() -> GenerateTab:
                                  info="What each does: About tab.", elem_id="method")
             kind, ratio, tokens = _budget_controls()
             max_new = gr.Slider(1, MAX_NEW_TOKENS, value=48, step=1, label="Max new tokens", elem_id="max-new")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+            temperature = gr.Slider(0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)",
                                     elem_id="temperature")
     gr.Examples([[e.prompt, e.method, e.ratio, e.max_new_tokens] for e in examples.EXAMPLES],
                 [prompt, method, ratio, max_new], example_labels=[e.title for e in examples.EXAMPLES],
