@@ -1,8 +1,8 @@
 """Shipped evaluation results (assets/results/eval_*.json / *.md), read once for the Budgets tab.
 
 The figures are the evaluation's own panels (core.eval.report.figure_panels: the same panels its
-HTML report draws), one plot each, every policy in its core.palette colour; every markdown report is
-shown as it is.
+HTML report draws), one plot each, every policy in its core.palette colour, captioned with what was
+measured; every markdown report is kept whole for the page to show on request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from app import figures
-from core.eval.report import figure_panels
+from core.eval.report import caption, figure_panels
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,12 @@ def load_shipped(folder: Path = RESULTS_DIR) -> ShippedResults:
     figs: list[go.Figure] = []
     for path in sorted(folder.glob("eval_*.json")):
         try:
-            panels = figure_panels(json.loads(path.read_text()))
+            doc = json.loads(path.read_text())
+            panels, source = figure_panels(doc), caption(doc)
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:  # unreadable, or not the harness's
             log.warning("%s skipped: not a readable evaluation document (%s: %s)", path.name, type(err).__name__, err)
             continue
-        figs += [figures.panel_figure(panel, path.stem) for panel in panels]
+        figs += [figures.panel_figure(panel, source) for panel in panels]
     reports = [f"#### {p.name}\n\n{p.read_text()}" for p in sorted(folder.glob("eval_*.md"))]
     if not figs and not reports:
         return ShippedResults([], "No shipped evaluation results yet (no `assets/results/eval_*.json`). "

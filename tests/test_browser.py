@@ -94,7 +94,14 @@ def test_generate_then_inspect_draws_heatmaps(page) -> None:
 
 
 def test_other_tabs_render(page) -> None:
-    for tab, name in (("Budgets", "budgets"), ("ShadowLLM", "shadow"), ("About", "about")):
+    page.get_by_role("tab", name="Budgets").click()
+    page.wait_for_timeout(500)
+    report = page.locator("#eval-report")
+    assert "The full evaluation report" in report.inner_text() and "| policy |" not in page.locator("body").inner_text()
+    page.locator("#budgets-shipped .js-plotly-plot").first.wait_for(timeout=30_000)
+    assert page.locator("#budgets-shipped .js-plotly-plot").count() >= 4  # the shipped figures (report folded)
+    _shot(page, "budgets")
+    for tab, name in (("ShadowLLM", "shadow"), ("About", "about")):
         page.get_by_role("tab", name=tab).click()
         page.wait_for_timeout(500)
         _shot(page, name)

@@ -165,6 +165,13 @@ def _data_line(doc: dict) -> str:
             f"(1 - kept ratio); 'N tok' = fixed token budget. Run time {doc['timing_s']['total']:.0f} s.")
 
 
+def caption(doc: dict) -> str:
+    """One line saying what a figure of this run measured: model and data."""
+    data, cfg = doc["data"], doc["config"]
+    split = {"heldout": "held-out", "outside": "outside-the-corpus"}.get(data.get("split", "heldout"), "held-out")
+    return f"{doc['model']['name']}: {data['chunks']} {split} chunks of {cfg['chunk_len']:,} tokens"
+
+
 def markdown_report(doc: dict) -> str:
     """The README tables: one per measurement, policies as rows, budgets as columns."""
     results = doc["results"]
