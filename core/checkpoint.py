@@ -3,7 +3,10 @@ model's fingerprint, so a network is never silently used with a model it was not
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -18,12 +21,23 @@ class PredictorMismatchError(ValueError):
     """A saved network trained for another base model."""
 
 
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` that replaces it once written, so a process killed mid-write (SIGKILL,
+    a session's end) leaves the previous file whole instead of a truncated one."""
+    partial = path.with_name(path.name + ".partial")
+    yield partial
+    os.replace(partial, path)
+
+
 def save_network(module: nn.Module, folder: str | Path, weights_file: str, config: dict, extra: dict | None) -> Path:
-    """Write the module's weights and {"config": config, **extra} to `folder`."""
+    """Write the module's weights and {"config": config, **extra} to `folder` (each file replaced whole)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / weights_file))
-    (folder / CONFIG_FILE).write_text(json.dumps({"config": config, **(extra or {})}, indent=2))
+    with replacing(folder / weights_file) as path:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(path))
+    with replacing(folder / CONFIG_FILE) as path:
+        path.write_text(json.dumps({"config": config, **(extra or {})}, indent=2))
     return folder
 
 

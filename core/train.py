@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from core.attention import SparseSession, activate
 from core.budget import Budget
+from core.checkpoint import replacing
 from core.metrics import hit_accuracy
 from core.models import LoadedModel
 from core.policies import make_policy
@@ -284,5 +285,7 @@ def save_checkpoint(
         "history": history,
         **progress,
     }
-    torch.save(state, out / STATE_FILE)
-    (out / "history.json").write_text(json.dumps(history))
+    with replacing(out / "history.json") as path:
+        path.write_text(json.dumps(history))
+    with replacing(out / STATE_FILE) as path:  # last: the state a resumed run starts from
+        torch.save(state, path)

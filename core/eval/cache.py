@@ -17,17 +17,25 @@ Key = tuple[str, ...]
 
 @dataclass
 class CellCache:
-    """Finished cells as JSON lines (append-only, so an interrupted run loses at most the cell in flight)."""
+    """Finished cells as JSON lines (append-only, so an interrupted run loses at most the cell in flight; a line
+    left half-written by a killed run is dropped on reading, and the next cell starts on a line of its own)."""
 
     path: Path
     cells: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    self.cells[record["key"]] = record["value"]
+        if not self.path.is_file():
+            return
+        text = self.path.read_text()
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # blank, or the cell in flight when a run was killed
+            self.cells[record["key"]] = record["value"]
+        if text and not text.endswith("\n"):
+            with self.path.open("a") as handle:
+                handle.write("\n")
 
     def get(self, key: Key) -> dict | None:
         return self.cells.get("|".join(key))
