@@ -15,9 +15,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_local() -> tuple[gr.Blocks, str]:
-    """Build the demo, launch it without blocking on 127.0.0.1, and return it with its URL."""
-    demo = build_demo()
+def start_local(**options) -> tuple[gr.Blocks, str]:
+    """Build the demo (`options` go to build_demo), launch it without blocking on 127.0.0.1, and return it
+    with its URL."""
+    demo = build_demo(**options)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())
     return demo, f"http://127.0.0.1:{port}/"

@@ -207,8 +207,9 @@ def wire_inspect(tab: InspectTab, record: gr.State, run: gr.events.Dependency) -
     run.success(handlers.head_triangle, [tab.layer, tab.head, record], tab.triangle, api_visibility="private")
 
 
-def build_demo() -> gr.Blocks:
-    """The whole page; loads the shared model first so the About tab can describe it."""
+def build_demo(queue_size: int = QUEUE_MAX) -> gr.Blocks:
+    """The whole page; loads the shared model first so the About tab can describe it. At most `queue_size`
+    visitors wait for the model; the next one is told the queue is full."""
     lm = shared_model()
     with gr.Blocks(title="TokenButler Studio") as demo:
         record = gr.State(None, time_to_live=STATE_TTL_S)
@@ -228,7 +229,7 @@ def build_demo() -> gr.Blocks:
         run = gen.button.click(handlers.generate_handler(out), [*gen.inputs, insp.layer], out.outputs,
                                api_name="generate", concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         wire_inspect(insp, record, run)
-    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo
 
 
