@@ -1,11 +1,13 @@
 """Concurrent visitors on loopback: N gradio_client sessions hammer the page for a bounded time.
 
-Each visitor loops: a short traced generation, then Inspect on its own run (its own gr.State).
-Counts errors (goal 0) and reports p50 / p95 latency per endpoint; model work queues on one slot,
-so generate latency grows with the number of visitors while inspect should stay flat.
+Each visitor loops over what a visitor does: a short traced generation, Inspect and one head's
+triangle on its own run (its own gr.State), and every few rounds the Budgets curves and a ShadowLLM
+analysis. Visitors share a few prompts, as real ones share examples, so the dense reference cache
+is exercised too. Counts errors (goal 0) and reports p50 / p95 latency per endpoint; model work
+queues on one slot, so its latency grows with the number of visitors while Inspect should stay flat.
 Prints a table and writes assets/results/load_app.json.
 
-    PYTHONPATH=. python benchmarks/load_app.py [--clients 4] [--seconds 60] [--url URL] [--max-new 8]
+    python benchmarks/load_app.py [--clients 16] [--seconds 120] [--url URL] [--max-new 8]
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ from gradio_client import Client
 
 from app.examples import coreference_prompt
 from app.state import default_method
+from app.ui import SHADOW_EXAMPLE
 
 LAYER = 10
+HEADS = 9
+PROMPTS = 4  # visitors share this many prompts (the dense reference is reused between them)
+CURVE_METHODS = ["oracle", "h2o", "streaming"]
 
 
 class Tally:
@@ -46,19 +52,27 @@ class Tally:
         return True
 
 
-def visitor(url: str, deadline: float, method: str, max_new: int, tally: Tally) -> None:
-    """One session: generate, then inspect the step in the middle of its run, until the deadline."""
+def visitor(number: int, url: str, deadline: float, method: str, max_new: int, tally: Tally) -> None:
+    """One session until the deadline: generate, inspect the middle step and one head of its run; every
+    third round the Budgets curves, every fourth a ShadowLLM analysis."""
     client = Client(url, verbose=False)
-    prompt = coreference_prompt(1)
+    prompt = coreference_prompt(number % PROMPTS)
+    rounds = 0
     while time.perf_counter() < deadline:
+        rounds += 1
         if tally.call("generate", client, prompt, method, "ratio", 0.25, 64, max_new, 0.0, LAYER):
             tally.call("inspect", client, max(1, (max_new - 1) // 2), LAYER)
+            tally.call("head_triangle", client, LAYER, number % HEADS)
+        if rounds % 3 == 0 and time.perf_counter() < deadline:
+            tally.call("budgets", client, prompt, CURVE_METHODS, "10%, 25%, 50%")
+        if rounds % 4 == 0 and time.perf_counter() < deadline:
+            tally.call("shadow_analyze", client, SHADOW_EXAMPLE, 0.5, 0.0, "global")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=60.0, help="no request starts after this")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=120.0, help="no request starts after this")
     parser.add_argument("--url", help="a running app; default: launch one in this process")
     parser.add_argument("--max-new", type=int, default=8)
     parser.add_argument("--method", default=None, help="default: the page's default method")
@@ -69,8 +83,8 @@ def main() -> None:
     tally = Tally()
     with app_url(args.url) as url:
         start = time.perf_counter()
-        threads = [threading.Thread(target=visitor, args=(url, start + args.seconds, method, args.max_new, tally))
-                   for _ in range(args.clients)]
+        threads = [threading.Thread(target=visitor, args=(i, url, start + args.seconds, method, args.max_new, tally))
+                   for i in range(args.clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
