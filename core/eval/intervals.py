@@ -28,6 +28,11 @@ def ratio_interval(nll: list[float], ref_nll: list[float], tokens: list[int], dr
     return _bounds(np.exp((nll[draws].sum(1) - ref[draws].sum(1)) / tok[draws].sum(1)))
 
 
+def exp_mean_interval(values: list[float], draws: np.ndarray) -> list[float]:
+    """95% interval of exp(mean of values): the perplexity of units that count equally (equal-length windows)."""
+    return _bounds(np.exp(np.asarray(values, float)[draws].mean(1)))
+
+
 def share_interval(hits: list[int], totals: list[int], draws: np.ndarray) -> list[float]:
     """95% interval of 100 * sum hits / sum totals (e.g. the % of wrong answer tokens)."""
     hits_a, totals_a = np.asarray(hits, float), np.asarray(totals, float)

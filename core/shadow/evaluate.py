@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core.data import token_chunks
+from core.eval.intervals import exp_mean_interval, resample_indices
 from core.models import DEFAULT_MODEL, LoadedModel
 from core.shadow.importance import capture
 from core.shadow.masking import Setting, ShadowMask, check_sparsity
@@ -37,7 +38,8 @@ class ShadowEvalConfig:
 
     model: str = DEFAULT_MODEL
     predictor: str = str(DEFAULT_DIR)
-    windows: int = 20
+    windows: int = 40
+    bootstrap: int = 2000  # resamples of the 95% intervals over windows
     window_len: int = 256
     prompt_len: int = 128
     sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
@@ -63,7 +65,7 @@ def evaluate_window(lm: LoadedModel, window: torch.Tensor, config: ShadowEvalCon
                     predictor: ShadowPredictor, seed: int) -> dict:
     """Losses of the dense model and of every setting on one window, and every method's rank agreement."""
     cap = capture(lm, window[: config.prompt_len], criteria_for(config.methods))
-    scores = method_scores(cap, config.methods, predictor, seed)
+    scores = method_scores(cap, config.methods, predictor, seed, lm, window[: config.prompt_len])
     true = scores["plainact"] if "plainact" in scores else cap.scores["plainact"].normalized()
     masks = [ShadowMask.dense(lm.spec)] + [s.mask(scores[s.method][0]) for s in settings]
     losses = masked_nll(lm, window, masks, start=config.prompt_len)
@@ -80,12 +82,17 @@ def _mean(values) -> float:
     return float(np.mean(values))
 
 
-def reduce_windows(cells: list[dict], settings: list[Setting]) -> dict:
-    """Corpus perplexities (windows count equally: equal token counts) and mean rank agreements."""
-    ppl: dict = {"dense": perplexity(_mean([c["dense"] for c in cells])), "global": {}, "layer": {}}
+def reduce_windows(cells: list[dict], settings: list[Setting], resamples: int = 2000, seed: int = 0) -> dict:
+    """Corpus perplexities (windows count equally: equal token counts) with bootstrap 95% intervals over
+    windows (the same draws for every setting), and mean rank agreements."""
+    draws = resample_indices(len(cells), resamples, seed)
+    ppl: dict = {"dense": perplexity(_mean([c["dense"] for c in cells])), "global": {}, "layer": {}, "interval": {}}
     for i, s in enumerate(settings):
+        losses = [c["losses"][i] for c in cells]
         cell = ppl[s.scope].setdefault(s.unit, {}).setdefault(s.method, {})
-        cell[f"{s.sparsity:g}"] = perplexity(_mean([c["losses"][i] for c in cells]))
+        cell[f"{s.sparsity:g}"] = perplexity(_mean(losses))
+        bounds = ppl["interval"].setdefault(s.scope, {}).setdefault(s.unit, {}).setdefault(s.method, {})
+        bounds[f"{s.sparsity:g}"] = exp_mean_interval(losses, draws)
     methods = list(cells[0]["agreement"])
     agreement = {m: {k: _mean([c["agreement"][m][k] for c in cells]) for k in cells[0]["agreement"][m]}
                  for m in methods}
@@ -112,6 +119,6 @@ def run_shadow_evaluation(lm: LoadedModel, config: ShadowEvalConfig, predictor: 
         "predictor": {**asdict(predictor.config), **predictor.overheads(lm.parameter_count)},
         "protocol": {"windows": len(windows), "counted_tokens_per_window": config.window_len - config.prompt_len,
                      "first_sparse_layer": FIRST_SPARSE_LAYER},
-        **reduce_windows(cells, settings),
+        **reduce_windows(cells, settings, config.bootstrap, config.seed),
         "timing_s": round(time.perf_counter() - started, 1),
     }

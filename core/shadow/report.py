@@ -12,7 +12,10 @@ from core.palette import color
 
 METHOD_NOTES = {
     "predicted": "ShadowLLM predictor, from layer 0's output over the prompt ({pool} pooling)",
-    "plainact": "true plainact of the prompt (oracle: forward + backward)",
+    "plainact": "true plainact of the prompt (oracle: forward + backward), per-layer normalized",
+    "plainact-raw": "true plainact in loss units, not normalized (comparable across layers as it is)",
+    "plainact-iterative": "plainact recomputed in 6 rounds, each under the mask of the removals so far",
+    "direct": "the prompt's loss rise when each head (block of 64 neurons) is removed alone: brute force",
     "fisher": "true fisher of the prompt (oracle: forward + backward)",
     "magnitude": "activation magnitude of the prompt (DejaVu-like oracle)",
     "static": "one mask for every input: the training prompts' mean normalized plainact",
@@ -26,10 +29,15 @@ def _pct(key: str) -> str:
     return f"{float(key):.0%}"
 
 
-def _ppl_table(by_method: dict[str, dict[str, float]]) -> list[str]:
+def _ppl_table(by_method: dict[str, dict[str, float]], intervals: dict[str, dict[str, list[float]]]) -> list[str]:
+    """Perplexity per method and sparsity, with its 95% interval over windows where the run has one."""
     levels = list(next(iter(by_method.values())))
     lines = ["| method | " + " | ".join(_pct(k) for k in levels) + " |", "|---|" + "---:|" * len(levels)]
-    lines += [f"| {m} | " + " | ".join(f"{v[k]:.2f}" for k in levels) + " |" for m, v in by_method.items()]
+    for method, values in by_method.items():
+        bounds = intervals.get(method, {})
+        cells = [f"{values[k]:.2f}" + (f" [{bounds[k][0]:.1f}, {bounds[k][1]:.1f}]" if k in bounds else "")
+                 for k in levels]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -63,7 +71,8 @@ def markdown_report(doc: dict) -> str:
         *(f"- **{m}**: {METHOD_NOTES[m].format(pool=pred['pool'])}" for m in cfg["methods"]),
     ]
     for unit in ("heads", "neurons"):
-        lines += ["", f"## {TITLES[unit]}", "", *_ppl_table(ppl["global"][unit])]
+        intervals = ppl.get("interval", {}).get("global", {}).get(unit, {})
+        lines += ["", f"## {TITLES[unit]} [95% interval over windows]", "", *_ppl_table(ppl["global"][unit], intervals)]
     scope = _scope_table(ppl)
     lines += ["", "## Global vs per-layer ranking, 50% head sparsity", "", *scope] if scope else []
     lines += ["", "## Spearman's rho against the prompt's true plainact (layers >= 1)", "",
