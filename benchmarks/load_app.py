@@ -54,7 +54,8 @@ class Tally:
 
 def visitor(number: int, url: str, deadline: float, method: str, max_new: int, tally: Tally) -> None:
     """One session until the deadline: generate, inspect the middle step and one head of its run; every
-    third round the Budgets curves, every fourth a ShadowLLM analysis."""
+    third round the Budgets curves, every fourth a ShadowLLM analysis (offset by the visitor's number, so
+    every kind of call is in flight from the first rounds on)."""
     client = Client(url, verbose=False)
     prompt = coreference_prompt(number % PROMPTS)
     rounds = 0
@@ -63,9 +64,9 @@ def visitor(number: int, url: str, deadline: float, method: str, max_new: int, t
         if tally.call("generate", client, prompt, method, "ratio", 0.25, 64, max_new, 0.0, LAYER):
             tally.call("inspect", client, max(1, (max_new - 1) // 2), LAYER)
             tally.call("head_triangle", client, LAYER, number % HEADS)
-        if rounds % 3 == 0 and time.perf_counter() < deadline:
+        if (rounds + number) % 3 == 0 and time.perf_counter() < deadline:
             tally.call("budgets", client, prompt, CURVE_METHODS, "10%, 25%, 50%")
-        if rounds % 4 == 0 and time.perf_counter() < deadline:
+        if (rounds + number) % 4 == 0 and time.perf_counter() < deadline:
             tally.call("shadow_analyze", client, SHADOW_EXAMPLE, 0.5, 0.0, "global")
 
 
