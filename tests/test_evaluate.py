@@ -16,6 +16,7 @@ from core.eval.cache import CellCache, code_digest, policy_digest
 from core.eval.cli import main
 from core.eval.intervals import ratio_interval, resample_indices, share_interval
 from core.eval.measure import task_cells
+from core.eval.report import figure_panels
 from core.models import LoadedModel
 from core.policies import make_policy
 from tests.conftest import tiny_llama
@@ -131,8 +132,8 @@ def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
     assert main(args) == 0
     doc = json.loads((out / "eval_tiny-random-llama.json").read_text())
     results = doc["results"]
-    tasks = {f"{t}{where}" for t in ("coref", "entities") for where in ("", "/question-in-prompt")}
-    assert set(results) == {"attention", "perplexity", "perplexity_long_prompt", "decode"} | tasks
+    task_stages = {f"{t}{where}" for t in ("coref", "entities") for where in ("", "/question-in-prompt")}
+    assert set(results) == {"attention", "perplexity", "perplexity_long_prompt", "decode"} | task_stages
     assert results["attention"]["oracle"]["50%"]["ranking_hit_accuracy"] == pytest.approx(1.0)
     assert results["attention"]["oracle"]["50%"]["ranking_hit_accuracy_last"] == pytest.approx(1.0)
     assert results["decode"]["streaming"]["50%"]["max_logprob_gap"] < 1e-3
@@ -147,6 +148,14 @@ def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
     assert "| oracle |" in table and "Task coref/question-in-prompt" in table and "protocol 2" in table
     assert re.search(r"\| layer \| oracle \(50%\) \| (h2o|streaming) \(50%\) \|\n", table)  # best baseline by layer
     assert (out / "eval_tiny-random-llama.html").is_file()
+    panels = {p.title: p for p in figure_panels(doc)}
+    ratio = panels["Perplexity / dense, protocol 1"]
+    assert ratio.log_y and ratio.kind == "line" and "dense" not in ratio.series  # dense is the reference, 1
+    assert ratio.series["h2o"].lo[0] <= ratio.series["h2o"].y[0] <= ratio.series["h2o"].hi[0]
+    tokens = panels["Perplexity / dense at fixed token budgets, protocol 1"]
+    assert tokens.kind == "bar" and tokens.series["h2o"].x == ["32 tok"]  # token budgets in their own panel
+    tasks = next(p for title, p in panels.items() if title.startswith("Retrieval tasks"))
+    assert tasks.kind == "bar" and tasks.series["streaming"].x == sorted(task_stages)
     cells = (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n")
     assert main(args) == 0  # everything cached: nothing is measured again
     assert (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n") == cells
