@@ -98,8 +98,10 @@ def _dense_rows(dense_args: tuple, view: LayerView, **kwargs) -> torch.Tensor:
     _, query, key, value, _, scaling, _ = dense_args
     if query.shape[2] == key.shape[2]:
         return _dense(*dense_args, **kwargs)
-    causal = view.causal()[None, None].expand(key.shape[0], key.shape[1], -1, -1)
-    return _masked(query, key, value, causal, scaling if scaling is not None else query.shape[-1] ** -0.5)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = torch.nn.functional.scaled_dot_product_attention(  # one [Q, T] mask for every head, K/V never repeated
+        query, key, value, attn_mask=view.causal(), scale=scale, enable_gqa=True)
+    return out.transpose(1, 2).contiguous()
 
 
 def _masked(
