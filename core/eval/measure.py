@@ -22,6 +22,7 @@ from core.decode import (
 from core.metrics import row_indices, selection_metrics
 from core.models import LoadedModel
 from core.policies import Policy
+from core.trace import ReadStats
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -38,11 +39,16 @@ def listed(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
 
+def _nll_cell(logits: torch.Tensor, targets: torch.Tensor, stats: ReadStats) -> dict:
+    """A perplexity cell: summed NLL of `targets` under [N, V] logits, their count, and the reads."""
+    return {"nll": _nll(_log_probs(logits), targets), "tokens": targets.numel(), "read": stats.read,
+            "total": stats.total, "side": stats.side}
+
+
 def chunk_nll(lm: LoadedModel, ids: torch.Tensor, policy: Policy, budget: Budget, prefix: int) -> dict:
     """Teacher-forced summed NLL of the tokens predicted by rows >= prefix, and the reads."""
     logits, stats = forward_teacher(lm, ids, policy, budget, prefix)
-    return {"nll": _nll(_log_probs(logits[0, prefix:-1]), ids[prefix + 1 :]), "tokens": ids.numel() - prefix - 1,
-            "read": stats.read, "total": stats.total, "side": stats.side}
+    return _nll_cell(logits[0, prefix:-1], ids[prefix + 1 :], stats)
 
 
 def long_prompt_cells(
@@ -55,9 +61,7 @@ def long_prompt_cells(
     for name, policy in policies.items():
         for budget in budgets[name]:
             logits, stats = forward_teacher_after(lm, shared, ids[prompt_len:], policy, budget)
-            cells[(name, budget.label)] = {
-                "nll": _nll(_log_probs(logits[0, :-1]), ids[prompt_len + 1 :]), "tokens": ids.numel() - prompt_len - 1,
-                "read": stats.read, "total": stats.total, "side": stats.side}
+            cells[(name, budget.label)] = _nll_cell(logits[0, :-1], ids[prompt_len + 1 :], stats)
     return cells
 
 

@@ -34,10 +34,15 @@ def _unit_tensor(mask: ShadowMask, unit: str) -> torch.Tensor:
     return mask.heads if unit == "heads" else mask.neurons
 
 
+def _replace(mask: ShadowMask, unit: str, values: torch.Tensor) -> ShadowMask:
+    """`mask` with one unit kind's keep values replaced."""
+    return ShadowMask(values.clone(), mask.neurons) if unit == "heads" else ShadowMask(mask.heads, values.clone())
+
+
 def _without(base: ShadowMask, unit: str, layer: int, units: slice) -> ShadowMask:
-    heads, neurons = base.heads.clone(), base.neurons.clone()
-    (heads if unit == "heads" else neurons)[layer, units] = 0.0
-    return ShadowMask(heads, neurons)
+    values = _unit_tensor(base, unit).clone()
+    values[layer, units] = 0.0
+    return _replace(base, unit, values)
 
 
 def ablation(lm: LoadedModel, ids: torch.Tensor, base: ShadowMask | None = None, unit: str = "heads",
@@ -74,11 +79,6 @@ def criterion_measure(lm: LoadedModel, ids: torch.Tensor, unit: str, criterion: 
         return getattr(scores, unit)[0]
 
     return measure
-
-
-def _replace(mask: ShadowMask, unit: str, values: torch.Tensor) -> ShadowMask:
-    """`mask` with one unit kind's keep values replaced."""
-    return ShadowMask(values.clone(), mask.neurons) if unit == "heads" else ShadowMask(mask.heads, values.clone())
 
 
 def pruning_order(measure: Measure, dense: ShadowMask, unit: str, rounds: int, upto: float,
