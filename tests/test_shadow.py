@@ -177,13 +177,39 @@ def test_prompt_analysis_shapes_and_consistency(tiny_lm, trained):
 
 
 def test_evaluation_runs_end_to_end_and_writes_its_reports(tiny_lm, trained, tmp_path):
-    config = ShadowEvalConfig(windows=2, window_len=32, prompt_len=16, sparsities=(0.5,), out=str(tmp_path))
+    config = ShadowEvalConfig(windows=2, window_len=32, prompt_len=16, sparsities=(0.5,), out=str(tmp_path),
+                              cache_dir="")
     doc = run_shadow_evaluation(tiny_lm, config, trained[1], list(token_ids(2, 32, seed=9)), progress=False)
     ppl = doc["perplexity"]
     assert set(ppl["global"]["heads"]) == set(config.methods) and "predicted" in ppl["layer"]["heads"]
     assert doc["rank_correlation"]["static"]["heads_within_layer"] <= 1.0
     paths = write_results(doc, tmp_path)
     assert "| predicted |" in paths["md"].read_text() and paths["html"].stat().st_size > 0
+
+
+def test_evaluation_resumes_from_its_cells_and_measures_only_a_new_method(tiny_lm, trained, tmp_path, monkeypatch):
+    import core.shadow.evaluate as shadow_evaluate
+
+    windows = list(token_ids(2, 32, seed=9))
+    common = dict(windows=2, window_len=32, prompt_len=16, sparsities=(0.5,), out=str(tmp_path),
+                  cache_dir=str(tmp_path / "cells"))
+    first = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(methods=("plainact", "magnitude"), **common), trained[1],
+                                  windows, progress=False)
+    asked: list[list[str]] = []
+    real_scores = shadow_evaluate.method_scores
+    monkeypatch.setattr(shadow_evaluate, "method_scores",
+                        lambda cap, methods, *a: asked.append(list(methods)) or real_scores(cap, methods, *a))
+    again = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(methods=("plainact", "magnitude"), **common), trained[1],
+                                  windows, progress=False)
+    assert asked == [] and again["perplexity"] == first["perplexity"]
+    wider = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(methods=("plainact", "magnitude", "random"), **common),
+                                  trained[1], windows, progress=False)
+    assert asked == [["random"], ["random"]]
+    assert wider["perplexity"]["global"]["heads"]["magnitude"] == first["perplexity"]["global"]["heads"]["magnitude"]
+    fresh = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(methods=("plainact", "magnitude", "random"),
+                                                            **{**common, "cache_dir": ""}),
+                                  trained[1], windows, progress=False)
+    assert fresh["perplexity"] == wider["perplexity"]
 
 
 def test_cli_turns_a_bad_sparsity_into_a_clear_error(capsys):

@@ -18,13 +18,14 @@ Key = tuple[str, ...]
 @dataclass
 class CellCache:
     """Finished cells as JSON lines (append-only, so an interrupted run loses at most the cell in flight; a line
-    left half-written by a killed run is dropped on reading, and the next cell starts on a line of its own)."""
+    left half-written by a killed run is dropped on reading, and the next cell starts on a line of its own).
+    Without a path the cells live in memory only."""
 
-    path: Path
+    path: Path | None
     cells: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.path.is_file():
+        if self.path is None or not self.path.is_file():
             return
         text = self.path.read_text()
         for line in text.splitlines():
@@ -43,6 +44,8 @@ class CellCache:
     def put(self, key: Key, value: dict) -> None:
         joined = "|".join(key)
         self.cells[joined] = value
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(json.dumps({"key": joined, "value": value}) + "\n")
@@ -59,10 +62,14 @@ def digest(*parts: object) -> str:
 def policy_digest(policy: Policy) -> str:
     """A policy's identity: its name, options and the weights of any module among them (a predictor)."""
     options = policy.options()
-    weights = [p.detach().flatten()[:4096].float() for m in options.values() if isinstance(m, torch.nn.Module)
-               for p in m.parameters()]
+    weights = [module_digest(m) for m in options.values() if isinstance(m, torch.nn.Module)]
     plain = {n: v for n, v in options.items() if not isinstance(v, torch.nn.Module)}
     return digest(policy.name, plain, *weights)
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """A trained module's identity: its parameters and buffers (the first 4,096 values of each)."""
+    return digest(*(t.detach().flatten()[:4096].float() for t in module.state_dict().values()))
 
 
 PACKAGE = Path(__file__).resolve().parent.parent
@@ -74,7 +81,17 @@ def code_digest(policy: Policy) -> str:
     """A digest of the code that measures a policy's cells: the shared measuring modules, the policy's own
     module and those of the modules among its options (a predictor), so a cell measured by older code
     is measured again instead of reused."""
-    files = sorted({f for pattern in MEASURING_CODE for f in PACKAGE.glob(pattern)})
+    files = package_files(MEASURING_CODE)
     files += [Path(inspect.getsourcefile(type(policy)))]
     files += [Path(inspect.getsourcefile(type(v))) for v in policy.options().values() if isinstance(v, torch.nn.Module)]
+    return source_digest(files)
+
+
+def package_files(patterns: tuple[str, ...]) -> list[Path]:
+    """The package's source files matching glob `patterns` (relative to core/), sorted."""
+    return sorted({f for pattern in patterns for f in PACKAGE.glob(pattern)})
+
+
+def source_digest(files: list[Path]) -> str:
+    """A digest of these files' contents, in order: a cached measurement is keyed by the code that made it."""
     return digest(*(f.read_bytes() for f in files))

@@ -55,7 +55,8 @@ def cmd_shadow_train(args: argparse.Namespace) -> int:
 def cmd_shadow_evaluate(args: argparse.Namespace) -> int:
     config = ShadowEvalConfig(model=args.model, predictor=args.predictor, windows=args.windows,
                               window_len=args.window_len, prompt_len=args.prompt_len, sparsities=args.sparsities,
-                              methods=args.methods, seed=args.seed, out=args.out)
+                              methods=args.methods, seed=args.seed, out=args.out,
+                              cache_dir=args.cache_dir)
     lm = load(args.model, args.device, args.dtype)
     predictor = ShadowPredictor.load(config.predictor, lm.spec)
     doc = run_shadow_evaluation(lm, config, predictor, heldout_windows(lm, config))
@@ -99,4 +100,6 @@ def add_shadow_commands(subparsers) -> None:
     ev.add_argument("--methods", type=split_csv, default=defaults.methods, help=f"comma list from {','.join(METHODS)}")
     ev.add_argument("--seed", type=int, default=defaults.seed)
     ev.add_argument("--out", default=defaults.out, help="folder for shadow_eval.{json,md,html}")
+    ev.add_argument("--cache-dir", default=defaults.cache_dir,
+                    help="finished (window, method) cells, so an interrupted run resumes ('': none)")
     ev.set_defaults(func=cmd_shadow_evaluate)

@@ -12,18 +12,21 @@ Protocol, per held-out window of `window_len` tokens (the 'heldout' split, never
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from core.data import token_chunks
+from core.eval.cache import CellCache, Key, digest, module_digest, package_files, source_digest
+from core.eval.config import model_slug
 from core.eval.intervals import exp_mean_interval, resample_indices
 from core.models import DEFAULT_MODEL, LoadedModel
 from core.shadow.importance import capture
 from core.shadow.masking import Setting, ShadowMask, check_sparsity
-from core.shadow.methods import METHODS, check_methods, criteria_for, method_scores
+from core.shadow.methods import METHODS, NEEDS_PREDICTOR, check_methods, criteria_for, method_scores
 from core.shadow.predictor import DEFAULT_DIR, ShadowPredictor
 from core.shadow.ranking import layer_spearman, rank_agreement
 from core.shadow.sweep import masked_nll, perplexity
@@ -34,7 +37,7 @@ UNITS = ("heads", "neurons")
 
 @dataclass(frozen=True)
 class ShadowEvalConfig:
-    """What the shipped evaluation measures (defaults: about 8 minutes on one CPU thread)."""
+    """What the shipped evaluation measures (the direct measure dominates: hundreds of forwards a window)."""
 
     model: str = DEFAULT_MODEL
     predictor: str = str(DEFAULT_DIR)
@@ -47,6 +50,7 @@ class ShadowEvalConfig:
     layer_scope_methods: tuple[str, ...] = ("predicted", "plainact")  # also ranked per layer, heads at 50 %
     seed: int = 0
     out: str = "assets/results"
+    cache_dir: str = "runs/shadow_cache"  # finished (window, method) cells; empty: no cache
 
     def __post_init__(self) -> None:
         for s in self.sparsities:
@@ -61,21 +65,75 @@ def settings_for(config: ShadowEvalConfig) -> list[Setting]:
     return grid + [Setting(m, "heads", 0.5, "layer") for m in config.layer_scope_methods if m in config.methods]
 
 
-def evaluate_window(lm: LoadedModel, window: torch.Tensor, config: ShadowEvalConfig, settings: list[Setting],
-                    predictor: ShadowPredictor, seed: int) -> dict:
-    """Losses of the dense model and of every setting on one window, and every method's rank agreement."""
-    cap = capture(lm, window[: config.prompt_len], criteria_for(config.methods))
-    scores = method_scores(cap, config.methods, predictor, seed, lm, window[: config.prompt_len])
-    true = scores["plainact"] if "plainact" in scores else cap.scores["plainact"].normalized()
-    masks = [ShadowMask.dense(lm.spec)] + [s.mask(scores[s.method][0]) for s in settings]
-    losses = masked_nll(lm, window, masks, start=config.prompt_len)
-    return {
-        "dense": losses[0],
-        "losses": losses[1:],
-        "agreement": {m: rank_agreement(scores[m], true) for m in config.methods if m != "plainact"},
-        "by_layer": {m: {u: layer_spearman(getattr(scores[m], u), getattr(true, u))[0].tolist() for u in UNITS}
-                     for m in config.methods if m != "plainact"},
-    }
+SHADOW_MEASURING_CODE = ("shadow/importance.py", "shadow/masking.py", "shadow/methods.py", "shadow/direct.py",
+                         "shadow/sweep.py", "shadow/ranking.py", "models.py", "metrics.py")
+
+
+@dataclass
+class WindowCells:
+    """Finished (window, method) cells: each method of a window is measured once and cached at once, so an
+    interrupted run (the direct measure costs hundreds of forwards a window) resumes, and adding a method or
+    retraining the predictor measures only what changed. Keyed by the window's tokens, the protocol, the
+    measuring code and, for the methods that read it, the predictor's weights."""
+
+    cache: CellCache
+    config: ShadowEvalConfig
+    predictor_id: str
+    code: str = field(default_factory=lambda: source_digest(package_files(SHADOW_MEASURING_CODE)))
+
+    def key(self, window: torch.Tensor, method: str, seed: int) -> Key:
+        c = self.config
+        scope = method in c.layer_scope_methods
+        return ("shadow", self.code, digest(window), method, f"{c.prompt_len}", repr(c.sparsities), f"{scope}",
+                self.predictor_id if method in NEEDS_PREDICTOR else "-", f"{seed}" if method == "random" else "-")
+
+
+def evaluate_window(lm: LoadedModel, window: torch.Tensor, settings: list[Setting], predictor: ShadowPredictor,
+                    seed: int, cells: WindowCells) -> dict:
+    """Losses of the dense model and of every setting on one window, and every method's rank agreement with
+    the prompt's true plainact; only the methods not yet cached are measured (in one batched pass of masks)."""
+    config = cells.config
+    wanted = ["dense", *config.methods]
+    missing = [m for m in wanted if cells.cache.get(cells.key(window, m, seed)) is None]
+    if missing:
+        _measure_methods(lm, window, settings, predictor, seed, cells, missing)
+    found = {m: cells.cache.get(cells.key(window, m, seed)) for m in wanted}
+    position = {m: 0 for m in config.methods}
+    losses = []
+    for s in settings:
+        losses.append(found[s.method]["losses"][position[s.method]])
+        position[s.method] += 1
+    rivals = [m for m in config.methods if m != "plainact"]
+    return {"dense": found["dense"]["loss"], "losses": losses,
+            "agreement": {m: found[m]["agreement"] for m in rivals},
+            "by_layer": {m: found[m]["by_layer"] for m in rivals}}
+
+
+def _measure_methods(lm: LoadedModel, window: torch.Tensor, settings: list[Setting], predictor: ShadowPredictor,
+                     seed: int, cells: WindowCells, missing: list[str]) -> None:
+    prompt_len = cells.config.prompt_len
+    methods = [m for m in missing if m != "dense"]
+    masks = [ShadowMask.dense(lm.spec)] if "dense" in missing else []
+    values: dict[str, dict] = {}
+    if methods:
+        cap = capture(lm, window[:prompt_len], criteria_for(methods))
+        scores = method_scores(cap, methods, predictor, seed, lm, window[:prompt_len])
+        true = cap.scores["plainact"].normalized()
+        for m in methods:
+            mine = [s.mask(scores[m][0]) for s in settings if s.method == m]
+            masks += mine
+            values[m] = {"count": len(mine), "agreement": None, "by_layer": None}
+            if m != "plainact":
+                values[m]["agreement"] = rank_agreement(scores[m], true)
+                values[m]["by_layer"] = {u: layer_spearman(getattr(scores[m], u), getattr(true, u))[0].tolist()
+                                         for u in UNITS}
+    losses = masked_nll(lm, window, masks, start=prompt_len)
+    if "dense" in missing:
+        cells.cache.put(cells.key(window, "dense", seed), {"loss": losses.pop(0)})
+    for m in methods:
+        count = values[m].pop("count")
+        cells.cache.put(cells.key(window, m, seed), {**values[m], "losses": losses[:count]})
+        losses = losses[count:]
 
 
 def _mean(values) -> float:
@@ -108,17 +166,20 @@ def heldout_windows(lm: LoadedModel, config: ShadowEvalConfig) -> list[torch.Ten
 
 def run_shadow_evaluation(lm: LoadedModel, config: ShadowEvalConfig, predictor: ShadowPredictor,
                           windows: list[torch.Tensor], progress: bool = True) -> dict:
-    """The whole protocol on `windows` (token ids of `config.window_len`); returns the results document."""
+    """The whole protocol on `windows` (token ids of `config.window_len`), resuming from the cell cache
+    under `config.cache_dir` (none when empty); returns the results document."""
     started = time.perf_counter()
     settings = settings_for(config)
-    cells = [evaluate_window(lm, w, config, settings, predictor, config.seed + i)
-             for i, w in enumerate(tqdm(windows, desc="shadow eval", unit="window", disable=not progress))]
+    path = Path(config.cache_dir) / f"shadow_{model_slug(lm.spec.name)}.jsonl" if config.cache_dir else None
+    cells = WindowCells(CellCache(path), config, module_digest(predictor))
+    measured = [evaluate_window(lm, w, settings, predictor, config.seed + i, cells)
+                for i, w in enumerate(tqdm(windows, desc="shadow eval", unit="window", disable=not progress))]
     return {
         "model": lm.spec.to_dict(),
         "config": asdict(config),
         "predictor": {**asdict(predictor.config), **predictor.overheads(lm.parameter_count)},
         "protocol": {"windows": len(windows), "counted_tokens_per_window": config.window_len - config.prompt_len,
                      "first_sparse_layer": FIRST_SPARSE_LAYER},
-        **reduce_windows(cells, settings, config.bootstrap, config.seed),
+        **reduce_windows(measured, settings, config.bootstrap, config.seed),
         "timing_s": round(time.perf_counter() - started, 1),
     }
