@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--heldout", type=int, default=16)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="none: score only the shipped predictor")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--score-only", action="store_true", help="score runs/ablation-<variant> without training")
     args = parser.parse_args()
