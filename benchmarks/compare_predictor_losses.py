@@ -106,7 +106,8 @@ def main() -> None:
         shipped = Predictor.load(DEFAULT_DIR, lm.spec)
         results["shipped"] = {**heldout_scores(lm, shipped, held),
                               **shipped.overheads(lm.spec, lm.parameter_count)}
-    print(f"\n{args.steps} steps of {args.seq_len} tokens each; held-out: {args.heldout} chunks\n")
+    trained = f"{args.steps} steps of {args.seq_len} tokens each; " if args.variants else ""
+    print(f"\n{trained}held-out: {args.heldout} chunks of {args.seq_len} tokens\n")
     print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | recall@10% | recall@25% | recall@50% "
           "| params | extra cache |")
     print("|---|---|---|---|---|---|---|---|---|")
