@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from core.models import LoadedModel
+from core.ggufinfo import describe_weights
+from core.models import DEFAULT_MODEL, LoadedModel, embedded_model_path
 from core.policies import REGISTRY, policy_names
 from core.predictor import DEFAULT_DIR, Predictor
 
@@ -18,10 +19,19 @@ def spec_table(lm: LoadedModel) -> str:
     spec = lm.spec
     rows = ["| property | value |", "|---|---|", f"| model | `{spec.name}` |", f"| layers | {spec.num_layers} |",
             f"| query heads / KV heads | {spec.num_heads} / {spec.num_kv_heads} (groups of {spec.group_size}) |",
-            f"| head dim | {spec.head_dim} |", f"| context | {spec.max_context} tokens |",
+            f"| head dim | {spec.head_dim} |", f"| weights | {weights_row(spec.name)} |",
+            f"| context | {spec.max_context} tokens |",
             f"| device / dtype | {lm.device} / {str(lm.dtype).removeprefix('torch.')} |",
             f"| fingerprint | `{spec.fingerprint}` |"]
     return "\n".join(rows)
+
+
+def weights_row(name: str) -> str:
+    """The embedded model's GGUF storage types (it is a 4-bit model, not the published bf16 one)."""
+    if name != DEFAULT_MODEL:
+        return "as stored at the source"
+    folder, file = embedded_model_path()
+    return f"`{file}`: {describe_weights(folder / file)}"
 
 
 def predictor_overheads(lm: LoadedModel) -> str:

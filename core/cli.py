@@ -12,12 +12,14 @@ from accelerate import PartialState
 
 from core.args import add_model_args, split_csv
 from core.budget import Budget, BudgetError
+from core.calibrate import calibrate_channels
 from core.chatdata import generate_chat
 from core.data import corpus_stats, token_chunks
 from core.decode import GenerationConfig, generate
 from core.eval.cli import add_evaluate_command
 from core.models import load
 from core.policies import make_policy, policy_names
+from core.policies.double_sparsity import DEFAULT_DIR as CHANNELS_DIR
 from core.shadow.cli import add_shadow_commands
 from core.sources import chat_cache_dir
 from core.tiny import QUICK_MODEL, tiny_model
@@ -37,6 +39,11 @@ TRAIN_FLAGS = {  # TrainConfig fields given as flags -> help (type and default c
     "schedule": "sequence lengths over training, e.g. 512x1000,2048x500,4096x400 (overrides --seq-len/--steps)",
 }
 TRAIN_CHOICES = {"loss": list(LOSSES)}
+
+
+def load_for(args: argparse.Namespace):
+    """The model named by --model; `quick` is the tiny random one (for smoke runs and tests)."""
+    return tiny_model() if args.model == QUICK_MODEL else load(args.model, args.device, args.dtype)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -66,7 +73,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    lm = tiny_model() if args.model == QUICK_MODEL else load(args.model, args.device, args.dtype)
+    lm = load_for(args)
     config = TrainConfig(**{name: getattr(args, name) for name in TRAIN_FLAGS})
     sources = split_csv(args.sources) if args.sources else None
     lengths = sorted({length for length, _ in config.phases()})
@@ -85,6 +92,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"last loss {history[-1]['loss']:.4f}, hit accuracy {history[-1]['hit_accuracy']:.3f}"
     )
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    lm = load_for(args)
+    chunks = token_chunks(lm.tokenizer, "train", args.seq_len, max_chunks=args.chunks, seed=args.seed)
+    ranking = calibrate_channels(lm, chunks)
+    ranking.save(args.out)
+    print(f"saved to {args.out}: channel ranking of {lm.spec.num_layers} layers x {lm.spec.num_kv_heads} KV heads "
+          f"from {ranking.config['tokens']:,} training tokens")
+    return 0
+
+
+def add_calibrate_command(subparsers) -> argparse.ArgumentParser:
+    cal = subparsers.add_parser("calibrate", help="Double Sparsity's offline channel calibration (training text)")
+    add_model_args(cal)
+    cal.add_argument("--out", default=str(CHANNELS_DIR))
+    cal.add_argument("--chunks", type=int, default=32, help="calibration chunks of training text")
+    cal.add_argument("--seq-len", type=int, default=512, help="tokens per chunk")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.set_defaults(func=cmd_calibrate)
+    return cal
 
 
 def cmd_corpus_stats(args: argparse.Namespace) -> int:
@@ -169,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_command(sub)
     add_train_command(sub)
     add_evaluate_command(sub)
+    add_calibrate_command(sub)
     add_shadow_commands(sub)
     add_corpus_commands(sub)
     return parser

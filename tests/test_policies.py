@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from core.budget import Budget
+from core.calibrate import calibrate_channels
 from core.decode import GenerationConfig, forward_teacher, generate
 from core.policies import UnknownPolicyError, make_policy, policy_names
 from core.policies.base import LayerView
@@ -13,13 +14,17 @@ from core.policies.quest import QuestPolicy, page_bounds
 from core.policies.snapkv import compress_prompt
 from core.predictor import Predictor, PredictorConfig
 
-EVERY_METHOD = ["dense", "oracle", "random", "streaming", "quest", "tokenbutler", "h2o", "snapkv"]
+EVERY_METHOD = ["dense", "oracle", "random", "streaming", "quest", "tokenbutler", "h2o", "snapkv", "knorm", "tova",
+                "double-sparsity"]
 
 
 def build(name: str, lm, **options):
     if name == "tokenbutler":
         torch.manual_seed(1)
         options["predictor"] = Predictor(PredictorConfig.for_spec(lm.spec, dim=8, inner=16, group_layers=2))
+    if name == "double-sparsity":  # calibrated on other text than any test decodes; half the channels
+        options.setdefault("ranking", calibrate_channels(lm, [prompt_ids(64, seed=9)[0]], progress=False))
+        options.setdefault("channels", lm.spec.head_dim // 2)
     return make_policy(name, **options)
 
 
@@ -45,7 +50,7 @@ def test_unknown_policy_is_a_clear_error():
         make_policy("nope")
 
 
-@pytest.mark.parametrize("name", ["oracle", "random", "streaming", "quest", "h2o", "snapkv", "tokenbutler"])
+@pytest.mark.parametrize("name", [n for n in EVERY_METHOD if n != "dense"])
 def test_huge_budget_equals_dense_bit_for_bit(tiny_lm, name):
     dense = run(tiny_lm, "dense", Budget.dense())
     sparse = run(tiny_lm, name, Budget(tokens=10_000))
@@ -54,7 +59,7 @@ def test_huge_budget_equals_dense_bit_for_bit(tiny_lm, name):
         assert a.token_id == b.token_id
 
 
-@pytest.mark.parametrize("name", ["oracle", "random", "streaming", "quest", "tokenbutler", "h2o"])
+@pytest.mark.parametrize("name", [n for n in EVERY_METHOD if n not in ("dense", "snapkv")])
 def test_each_policy_keeps_exactly_its_budget(tiny_lm, name):
     budget = Budget(ratio=0.3)
     events = run(tiny_lm, name, budget)
@@ -81,8 +86,9 @@ def test_streaming_keeps_sinks_plus_recent(tiny_lm):
             assert head == expected
 
 
-def test_h2o_never_brings_back_an_evicted_token(tiny_lm):
-    events = run(tiny_lm, "h2o", Budget(tokens=12), steps=20)
+@pytest.mark.parametrize("name", ["h2o", "tova"])
+def test_permanent_eviction_never_brings_back_an_evicted_token(tiny_lm, name):
+    events = run(tiny_lm, name, Budget(tokens=12), steps=20)
     for layer in (1, 3):
         evicted: set[int] = set()
         previous: set[int] | None = None
@@ -183,7 +189,7 @@ def test_fast_topk_picks_what_a_stable_sort_picks(seed) -> None:
     assert torch.equal(topk_sorted(scores, 37), want)
 
 
-@pytest.mark.parametrize("name", ["dense", "tokenbutler", "h2o", "snapkv", "quest"])
+@pytest.mark.parametrize("name", ["dense", "tokenbutler", "h2o", "snapkv", "quest", "tova", "double-sparsity"])
 def test_decoding_from_a_shared_prefill_equals_decoding_from_the_prompt(tiny_lm, name):
     from core.decode import prefill_prompt
 

@@ -86,3 +86,15 @@ def test_cli_reports_bad_input_without_a_traceback(capsys):
 
     assert main(["generate", "Say hi.", "--budget", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_page_says_the_embedded_model_is_4_bit():
+    from app.about import weights_row
+    from core.ggufinfo import weight_types
+    from core.models import DEFAULT_MODEL, embedded_model_path
+
+    folder, file = embedded_model_path()
+    types = weight_types(folder / file)
+    assert types["linear"] == ["Q4_1"] and types["embeddings"] == ["Q8_0"] and types["norms"] == ["F32"]
+    assert "linear Q4_1, embeddings Q8_0" in weights_row(DEFAULT_MODEL)
+    assert weights_row("HuggingFaceTB/SmolLM2-135M-Instruct") == "as stored at the source"

@@ -1,0 +1,136 @@
+"""Double Sparsity (Yang et al. 2024): approximate attention from a few offline-calibrated channels, top-k per head.
+
+Offline, each head's channels are ranked by their mean |q_i k_i| over calibration text (the paper's
+"qk" outlier criterion; `core.calibrate`). At every step the query's `channels` heaviest channels meet
+a label cache holding only those channels of every cached key; the approximate attention picks the
+rows to read, then attention runs exactly over them. No training, and nothing is evicted.
+
+Departures, for this model's grouped-query attention: channels are ranked per KV head (the mean over
+its group's query heads), so one label cache serves the group, and the group's approximate attention
+is pooled by its mean. The default 16 channels of 64 read as many bytes per token as TokenButler's
+key cache (the paper's ratio, 1/8 of the head dimension, would be 8).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.checkpoint import CONFIG_FILE, PredictorMismatchError, load_weights, read_config, save_network
+from core.policies.base import LayerView, Policy
+from core.spec import ModelSpec, weights_fingerprint
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "double_sparsity"
+WEIGHTS_FILE = "channels.safetensors"
+CALIBRATE_COMMAND = "python -m core calibrate"
+
+
+class ChannelRanking(nn.Module):
+    """Per layer and KV head, the head dimension's channels from most to least important (a buffer, so
+    it is saved, digested and moved like a network's weights)."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, config: dict | None = None) -> None:
+        super().__init__()
+        self.register_buffer("order", torch.arange(head_dim).repeat(layers, kv_heads, 1))
+        self.config = dict(config or {})
+
+    @classmethod
+    def from_importance(cls, importance: torch.Tensor, config: dict) -> ChannelRanking:
+        """[L, Hkv, D] importance -> channels in descending importance (ties to the lower channel)."""
+        ranking = cls(*importance.shape, config=config)
+        ranking.order.copy_(importance.argsort(dim=-1, descending=True, stable=True))
+        return ranking
+
+    def chosen(self, layer: int, channels: int) -> torch.Tensor:
+        """[Hkv, r] the `channels` heaviest channels of each KV head of `layer`, in ascending channel order."""
+        return self.order[layer, :, :channels].sort(dim=-1).values
+
+    def save(self, folder: str | Path) -> Path:
+        return save_network(self, folder, WEIGHTS_FILE, self.config, None)
+
+    @classmethod
+    def load(cls, folder: str | Path, spec: ModelSpec | None = None) -> ChannelRanking:
+        config = read_config(folder, "Double Sparsity channel calibration", CALIBRATE_COMMAND, spec)
+        ranking = cls(config["layers"], config["kv_heads"], config["head_dim"], config)
+        load_weights(ranking, folder, WEIGHTS_FILE)
+        return ranking
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_ranking() -> ChannelRanking:
+    """The calibration in assets/double_sparsity, read once per process."""
+    return ChannelRanking.load(DEFAULT_DIR)
+
+
+@dataclass(eq=False)
+class DoubleSparsityPolicy(Policy):
+    name = "double-sparsity"
+    description = "Approximate attention from 16 calibrated heavy channels, top-k per head (Double Sparsity)."
+    pool = "mean"
+
+    channels: int = 16
+    ranking: ChannelRanking | str | Path | None = None  # None: the shipped calibration; a path: one saved there
+    labels: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)  # layer -> label cache
+
+    def __post_init__(self) -> None:
+        if self.channels < 1:
+            raise ValueError(f"Double Sparsity needs at least one channel, got {self.channels}.")
+        if not isinstance(self.ranking, ChannelRanking):
+            self.ranking = shipped_ranking() if self.ranking is None else ChannelRanking.load(self.ranking)
+
+    @classmethod
+    def available(cls) -> bool:
+        return (DEFAULT_DIR / CONFIG_FILE).is_file()
+
+    def reset(self) -> None:
+        self.labels = {}
+
+    def attach(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        """No hooks; refuses a calibration made for another base model."""
+        found = weights_fingerprint(model)
+        if found != self.ranking.config.get("fingerprint"):
+            raise PredictorMismatchError(
+                f"The Double Sparsity calibration was made for {self.ranking.config.get('base_model')!r} "
+                f"(fingerprint {self.ranking.config.get('fingerprint')}); this model's fingerprint is {found}. "
+                f"Calibrate one for it with `{CALIBRATE_COMMAND} --model <source> --out <folder>`."
+            )
+        return []
+
+    def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
+        """The label cache, read whole at every step: `channels` values per past token."""
+        return float(past.sum()) * min(self.channels, head_dim) / (2 * head_dim)
+
+    def _label_cache(self, view: LayerView, chosen: torch.Tensor) -> torch.Tensor:
+        """[B, Hkv, T, r] the chosen channels of every key; a decode step extends the layer's cache by its
+        new rows, any other pass gathers them afresh."""
+        index = chosen.to(view.key.device)[None, :, None, :]
+
+        def gather(keys: torch.Tensor) -> torch.Tensor:
+            return torch.gather(keys.float(), -1, index.expand(*keys.shape[:3], -1))
+
+        t = view.context
+        if not (view.positions.numel() == 1 and int(view.positions[0]) == t - 1):
+            return gather(view.key)
+        cached = self.labels.get(view.layer)
+        if cached is None or cached.shape[:2] != view.key.shape[:2] or cached.shape[2] > t:
+            cached = gather(view.key[:, :, :0])
+        if cached.shape[2] < t:
+            cached = torch.cat([cached, gather(view.key[:, :, cached.shape[2] : t])], dim=2)
+        self.labels[view.layer] = cached
+        return cached
+
+    def scores(self, view: LayerView) -> torch.Tensor:
+        """Softmax of the approximate logits q[channels] . k[channels] (the true scale), per query head."""
+        b, hq, q, d = view.query.shape
+        hkv = view.key.shape[1]
+        chosen = self.ranking.chosen(view.layer, min(self.channels, d))  # [Hkv, r]
+        labels = self._label_cache(view, chosen)
+        grouped = view.query.float().reshape(b, hkv, (hq // hkv) * q, d)
+        index = chosen.to(grouped.device)[None, :, None, :].expand(b, hkv, grouped.shape[2], -1)
+        picked = torch.gather(grouped, -1, index)
+        logits = (torch.matmul(picked, labels.transpose(-1, -2)) * view.scale).view(b, hq, q, -1)
+        return torch.softmax(logits.masked_fill(~view.causal(), float("-inf")), dim=-1)
