@@ -19,24 +19,44 @@ Key = tuple[str, ...]
 class CellCache:
     """Finished cells as JSON lines (append-only, so an interrupted run loses at most the cell in flight; a line
     left half-written by a killed run is dropped on reading, and the next cell starts on a line of its own).
-    Without a path the cells live in memory only."""
+    Without a path the cells live in memory only.
+
+    Process `rank` of several sharing the cache writes its own file beside `path` (`<stem>.rank<k>.jsonl`;
+    rank 0 writes `path` itself), so no two processes append to one file; every process reads them all."""
 
     path: Path | None
+    rank: int = 0
     cells: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.path is None or not self.path.is_file():
-            return
-        text = self.path.read_text()
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # blank, or the cell in flight when a run was killed
-            self.cells[record["key"]] = record["value"]
-        if text and not text.endswith("\n"):
-            with self.path.open("a") as handle:
-                handle.write("\n")
+        self.reload()
+
+    @property
+    def own_file(self) -> Path | None:
+        if self.path is None or self.rank == 0:
+            return self.path
+        return self.path.with_name(f"{self.path.stem}.rank{self.rank}.jsonl")
+
+    def files(self) -> list[Path]:
+        """The cache's files on disk: `path`, then every process's own file."""
+        if self.path is None:
+            return []
+        shards = sorted(self.path.parent.glob(f"{self.path.stem}.rank*.jsonl"))
+        return [f for f in [self.path, *shards] if f.is_file()]
+
+    def reload(self) -> None:
+        """Read every file again (after the other processes have measured their share)."""
+        for path in self.files():
+            text = path.read_text()
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # blank, or the cell in flight when a run was killed
+                self.cells[record["key"]] = record["value"]
+            if path == self.own_file and text and not text.endswith("\n"):
+                with path.open("a") as handle:
+                    handle.write("\n")
 
     def get(self, key: Key) -> dict | None:
         return self.cells.get("|".join(key))
@@ -44,10 +64,10 @@ class CellCache:
     def put(self, key: Key, value: dict) -> None:
         joined = "|".join(key)
         self.cells[joined] = value
-        if self.path is None:
+        if self.own_file is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
+        self.own_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.own_file.open("a") as handle:
             handle.write(json.dumps({"key": joined, "value": value}) + "\n")
 
 

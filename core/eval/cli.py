@@ -10,7 +10,7 @@ from core.args import parse_bool, split_csv, split_ints
 from core.eval.config import FULL_GRID, EvalConfig
 from core.eval.figures import write_outputs
 from core.eval.report import markdown_report
-from core.eval.stages import run_evaluation
+from core.eval.stages import eval_processes, run_evaluation
 from core.models import DEFAULT_MODEL
 from core.tiny import QUICK_MODEL
 
@@ -69,6 +69,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     doc = run_evaluation(config)
+    if not eval_processes().is_main_process:
+        return 0  # under `accelerate launch` every process measured its share; the first one writes the results
     paths = write_outputs(doc, Path(config.out))
     print(markdown_report(doc))
     print(f"wrote {', '.join(str(p) for p in paths.values())}; PNG {doc['png']}")

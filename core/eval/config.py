@@ -42,7 +42,7 @@ class EvalConfig:
     seed: int = 0
     tag: str = ""  # names the results files (eval_<model>_<tag>.*), e.g. a 4k-context run
     out: str = "assets/results"
-    cache_dir: str = "runs/eval_cache"
+    cache_dir: str = "assets/eval_cache"  # committed, so a run resumes across sessions and machines
     quick: bool = False
 
     @classmethod
@@ -50,7 +50,7 @@ class EvalConfig:
         """A tiny random model and a few short chunks and samples: the whole pipeline in seconds."""
         small = {"chunks": 2, "chunk_len": 96, "dense_prefix": 16, "long_prompt": 64, "metric_rows": 8,
                  "decode_len": 40, "samples": 2, "budgets": ("50%", "32"), "task_budgets": ("50%",),
-                 "bootstrap": 200, "quick": True}
+                 "bootstrap": 200, "quick": True, "cache_dir": "runs/eval_cache"}
         return cls(**{**small, **overrides})
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from core.budget import Budget
@@ -43,6 +44,11 @@ class Stage:
     measure_item: Callable[[object, dict[str, Policy], dict[str, list[Budget]]], dict[Cell, dict]] | None = None
 
 
+def eval_processes() -> PartialState:
+    """This process among those `accelerate launch` started (gloo on CPU, one GPU each), or alone."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 @dataclass
 class Setup:
     """What the stages share: the model, the policies that could be built, budgets and the cell cache."""
@@ -52,6 +58,7 @@ class Setup:
     policies: dict[str, Policy]
     budgets: list[Budget]
     cache: CellCache
+    processes: PartialState = field(default_factory=eval_processes)  # one, or several under `accelerate launch`
     identities: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,7 +74,10 @@ class Setup:
 
 
 def run_stage(s: Setup, stage: Stage) -> None:
-    """Measure every cell not yet cached, with a progress bar; each finished cell is cached at once."""
+    """Measure every cell not yet cached, with a progress bar; each finished cell is cached at once.
+
+    Under several processes each measures every n-th missing job into its own cache file, then all wait
+    for each other and read every file, so each holds the whole stage."""
     jobs: list[Callable[[], dict[Key, dict]]] = []
     for item in stage.items:
         keys = {(n, b.label): (s.key(stage, n, b, item), n, b) for n, bs in stage.budgets.items() for b in bs}
@@ -82,9 +92,13 @@ def run_stage(s: Setup, stage: Stage) -> None:
         else:
             jobs.extend(lambda k=k, n=n, b=b, item=item: {k: stage.measure(n, b, item)} for k, n, b in missing)
     unit = "cell" if stage.measure_item is None else "item"
-    for job in tqdm(jobs, desc=stage.name, unit=unit, disable=not jobs):
+    share = jobs[s.processes.process_index :: s.processes.num_processes]
+    for job in tqdm(share, desc=stage.name, unit=unit, disable=not share or not s.processes.is_main_process):
         for key, value in job().items():
             s.cache.put(key, value)
+    if s.processes.num_processes > 1:
+        s.processes.wait_for_everyone()
+        s.cache.reload()
 
 
 def reduce_stage(s: Setup, stage: Stage) -> dict[str, dict[str, dict]]:
@@ -234,8 +248,11 @@ def build_stages(s: Setup, chunks: list[Chunk], task_data: dict[TaskSetting, lis
 # --- running a whole evaluation --------------------------------------------------------------------------
 
 
-def load_model(source: str) -> LoadedModel:
-    return tiny_model() if source == QUICK_MODEL else load(source)
+def load_model(source: str, processes: PartialState) -> LoadedModel:
+    """The model, on this process's own GPU when several processes share a machine with GPUs."""
+    if source == QUICK_MODEL:
+        return tiny_model()
+    return load(source, device=str(processes.device) if processes.device.type == "cuda" else None)
 
 
 def check_policy_names(names: Sequence[str]) -> Sequence[str]:
@@ -280,13 +297,14 @@ def run_evaluation(config: EvalConfig) -> dict:
     """Measure everything `config` asks for (resuming from the cache) and return the results document."""
     started = time.perf_counter()
     check_policy_names(config.policies)
-    lm = load_model(config.model)
+    processes = eval_processes()
+    lm = load_model(config.model, processes)
     policies, skipped = build_policies(lm, config.policies)
     for name, reason in skipped.items():
         tqdm.write(f"skipping {name}: {reason}")
     budgets = list({b.label: b for b in map(Budget.parse, config.budgets)}.values())
-    cache = CellCache(Path(config.cache_dir) / f"eval_{model_slug(lm.spec.name)}.jsonl")
-    setup = Setup(lm, config, policies, budgets, cache)
+    cache = CellCache(Path(config.cache_dir) / f"eval_{model_slug(lm.spec.name)}.jsonl", processes.process_index)
+    setup = Setup(lm, config, policies, budgets, cache, processes)
     chunks = document_chunks(lm.tokenizer, config.split, config.chunk_len, config.chunks, config.per_document,
                              seed=config.seed)
     task_data = {t: task_samples(lm, t, config.samples, config.seed) for t in task_settings(config)}
