@@ -159,3 +159,26 @@ def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
     cells = (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n")
     assert main(args) == 0  # everything cached: nothing is measured again
     assert (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n") == cells
+
+
+def test_gap_closure_and_its_interval_on_a_known_case() -> None:
+    """Every chunk has the same per-token NLL, so every resample closes 1 - (11 - 10) / (14 - 10) = 0.75."""
+    from core.eval.intervals import closure_interval
+    from core.eval.report import gap_closed
+    from core.eval.stages import gap_closure
+
+    tokens = [100, 300, 50, 200]
+    per = {"oracle": 10.0, "tokenbutler": 11.0, "h2o": 14.0, "random": 40.0, "dense": 9.0}
+    by_policy = {n: {"25%" if n != "dense" else "100%": {"ppl": p, "chunk_nll": [math.log(p) * t for t in tokens],
+                                                         "chunk_tokens": tokens}} for n, p in per.items()}
+    draws = resample_indices(len(tokens), 300, 0)
+    nll = {n: by_policy[n]["25%"]["chunk_nll"] for n in ("tokenbutler", "oracle", "h2o")}
+    assert closure_interval(nll["tokenbutler"], nll["oracle"], nll["h2o"], tokens, draws) == pytest.approx([0.75, 0.75])
+    gap_closure(by_policy, 300, 0)
+    closed = gap_closed(by_policy, "25%")
+    assert closed["rival"] == "h2o" and closed["value"] == pytest.approx(0.75)
+    assert closed["ci"] == pytest.approx([0.75, 0.75])
+    by_policy["h2o"]["25%"]["ppl"] = 9.5  # a rival under the oracle: no gap to close, nothing claimed
+    del by_policy["tokenbutler"]["25%"]["gap_closed"]
+    gap_closure(by_policy, 300, 0)
+    assert gap_closed(by_policy, "25%") is None

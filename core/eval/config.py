@@ -9,6 +9,7 @@ from core.models import DEFAULT_MODEL
 
 # Kept ratios (sparsity s = 1 - ratio) and token counts. The default grid (s = 50, 75, 90, 95 % and 64 and
 # 256 tokens, 16 chunks, both protocols, tasks at s = 50 % in both settings) takes ~3 h on 2 CPU cores.
+CEILING, DENSE, LEARNED = "oracle", "dense", "tokenbutler"  # the roles a gap closure compares
 FULL_GRID = ("90%", "75%", "50%", "25%", "10%", "5%", "32", "64", "128", "256")
 DEFAULT_BUDGETS = ("50%", "25%", "10%", "5%", "64", "256")
 TASKS = ("coref", "entities")

@@ -37,3 +37,14 @@ def share_interval(hits: list[int], totals: list[int], draws: np.ndarray) -> lis
     """95% interval of 100 * sum hits / sum totals (e.g. the % of wrong answer tokens)."""
     hits_a, totals_a = np.asarray(hits, float), np.asarray(totals, float)
     return _bounds(100.0 * hits_a[draws].sum(1) / totals_a[draws].sum(1))
+
+
+def closure_interval(learned: list[float], ceiling: list[float], rival: list[float], tokens: list[int],
+                     draws: np.ndarray) -> list[float]:
+    """95% interval of the gap closed, 1 - (ppl_learned - ppl_ceiling) / (ppl_rival - ppl_ceiling), from the
+    three methods' per-chunk NLL on the same chunks (paired: one draw of chunks for all three)."""
+    tok = np.asarray(tokens, float)[draws].sum(1)
+    ppl = [np.exp(np.asarray(nll, float)[draws].sum(1) / tok) for nll in (learned, ceiling, rival)]
+    gap = ppl[2] - ppl[1]
+    closed = 1.0 - (ppl[0] - ppl[1]) / np.where(gap > 0, gap, np.nan)
+    return _bounds(closed[np.isfinite(closed)]) if np.isfinite(closed).any() else [float("nan")] * 2

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.budget import Budget
+from core.eval.config import CEILING, DENSE, LEARNED
 
-CEILING, DENSE, LEARNED = "oracle", "dense", "tokenbutler"
 PROTOCOLS = {  # perplexity stage -> how its prompt and scored tokens are laid out
     "perplexity": "protocol 1: a {dense_prefix}-token dense prompt, every later token scored under the budget",
     "perplexity_long_prompt": "protocol 2: a {long_prompt}-token dense prompt (prompt compression's setting), "
@@ -50,14 +50,9 @@ def _table(title: str, budgets: list[dict], rows: dict[str, list[str]]) -> list[
             *(f"| {name} | " + " | ".join(values) + " |" for name, values in rows.items())]
 
 
-def gap_closed(stage: dict, label: str) -> float | None:
-    """1 - (learned - oracle) / (best other method - oracle) in perplexity: the share of the gap between the
-    best training-free method and the ceiling that the predictor closes (None when one of them is missing)."""
-    ppl = {n: c["ppl"] for n, by in stage.items() if n != DENSE and (c := by.get(label)) is not None}
-    rivals = [v for n, v in ppl.items() if n not in (CEILING, LEARNED)]
-    if CEILING not in ppl or LEARNED not in ppl or not rivals or min(rivals) <= ppl[CEILING]:
-        return None
-    return 1.0 - (ppl[LEARNED] - ppl[CEILING]) / (min(rivals) - ppl[CEILING])
+def gap_closed(stage: dict, label: str) -> dict | None:
+    """The learned method's gap closure at `label` ({value, ci, rival}; `gap_closure` in stages), if measured."""
+    return (cell(stage.get(LEARNED, {}), label) or {}).get("gap_closed")
 
 
 def _perplexity_tables(doc: dict, stage_name: str) -> list[str]:
@@ -75,9 +70,10 @@ def _perplexity_tables(doc: dict, stage_name: str) -> list[str]:
     lines += _table(f"Achieved sparsity, K/V rows / bytes (side caches and page bounds counted), {protocol}",
                     budgets, reads)
     if any(v is not None for v in closed):
-        lines += ["", "Perplexity gap closed by tokenbutler, 1 - (tokenbutler - oracle) / (best other - oracle): "
-                  + ", ".join(f"{column_title(b)} {v:.2f}" for b, v in zip(budgets, closed, strict=True)
-                              if v is not None)]
+        lines += ["", "Perplexity gap closed by tokenbutler, 1 - (tokenbutler - oracle) / (best other - oracle) "
+                  "[95% interval over chunks] (best other): "
+                  + ", ".join(f"{column_title(b)} {_with_interval(v['value'], v['ci'], '{:.2f}')} ({v['rival']})"
+                              for b, v in zip(budgets, closed, strict=True) if v is not None)]
     return lines
 
 

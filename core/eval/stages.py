@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from core.budget import Budget
 from core.data import Chunk, document_chunks
 from core.eval.cache import CellCache, Key, code_digest, digest, policy_digest
-from core.eval.config import EvalConfig, model_slug
-from core.eval.intervals import ratio_interval, resample_indices, share_interval
+from core.eval.config import CEILING, DENSE, LEARNED, EvalConfig, model_slug
+from core.eval.intervals import closure_interval, ratio_interval, resample_indices, share_interval
 from core.eval.measure import attention_cells, chunk_nll, decode_agreement, listed, long_prompt_cells, task_cells
 from core.models import LoadedModel, load
 from core.policies import Policy, UnknownPolicyError, make_policy, policy_names
@@ -189,6 +189,26 @@ def relative_to_dense(by_policy: dict[str, dict[str, dict]], resamples: int, see
             cell["ppl_vs_dense_ci"] = ratio_interval(cell["chunk_nll"], dense["chunk_nll"], cell["chunk_tokens"], draws)
 
 
+def gap_closure(by_policy: dict[str, dict[str, dict]], resamples: int, seed: int) -> None:
+    """At every budget where the oracle, the learned method and a rival were measured, add to the learned
+    method's cell the share of the gap between the best rival (lowest perplexity) and the oracle that it
+    closes, with a paired bootstrap interval over chunks."""
+    learned, ceiling = by_policy.get(LEARNED, {}), by_policy.get(CEILING, {})
+    for label, mine in learned.items():
+        rivals = {n: by[label] for n, by in by_policy.items() if n not in (DENSE, CEILING, LEARNED) and label in by}
+        if label not in ceiling or not rivals:
+            continue
+        rival = min(rivals, key=lambda n: rivals[n]["ppl"])
+        top, best = ceiling[label], rivals[rival]
+        if best["ppl"] <= top["ppl"]:
+            continue
+        draws = resample_indices(len(mine["chunk_nll"]), resamples, seed)
+        mine["gap_closed"] = {
+            "value": 1.0 - (mine["ppl"] - top["ppl"]) / (best["ppl"] - top["ppl"]), "rival": rival,
+            "ci": closure_interval(mine["chunk_nll"], top["chunk_nll"], best["chunk_nll"], mine["chunk_tokens"], draws),
+        }
+
+
 def sample_ident(sample) -> tuple:
     """What identifies an encoded task sample in the cache."""
     return sample.input_ids, sample.prompt_len, torch.as_tensor(sample.answer_positions)
@@ -316,6 +336,7 @@ def run_evaluation(config: EvalConfig) -> dict:
         results[stage.name] = reduce_stage(setup, stage)
         if stage.name.startswith("perplexity"):
             relative_to_dense(results[stage.name], config.bootstrap, config.seed)
+            gap_closure(results[stage.name], config.bootstrap, config.seed)
         timing[stage.name] = time.perf_counter() - begun
     timing["total"] = time.perf_counter() - started
     return {
