@@ -54,7 +54,7 @@ def main() -> None:
             recall[name][label].append(statistics.mean(cell["recall"][FIRST_SPARSE_LAYER:]))
     head_dim = lm.spec.head_dim
     rows = {name: {"values_per_token": 16 if name == "tokenbutler" else
-                   (2 * head_dim if name == "oracle" else int(name.split("/")[1])),
+                   (head_dim if name == "oracle" else int(name.split("/")[1])),  # the oracle reads all of K
                    **{label: statistics.mean(v) for label, v in by.items()}} for name, by in recall.items()}
     print(f"attention recall, {len(chunks)} held-out chunks of {args.chunk_len} tokens (per KV head and token: "
           f"values of the key summary read)")
