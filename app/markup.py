@@ -128,7 +128,9 @@ def shadow_summary(result: PromptAnalysis) -> str:
     rows = [f"| {SHADOW_LABELS[m]} | {_achieved(result.masks[m])} | {ppl:.2f} |"
             for m, ppl in result.chosen_ppl.items()]
     return "\n".join([
-        f"**{result.tokens} tokens**, dense perplexity **{result.dense_ppl:.2f}**.",
+        f"**{result.tokens} tokens**, dense perplexity **{result.dense_ppl:.2f}**. The predictor was trained to "
+        f"rank units by **{result.criterion}**; the static mask ranks by the "
+        "training prompts' average of it, the same for every input; magnitude ranks by activation size.",
         "",
         "| mask from | removed (layers ≥ 1) | perplexity of this prompt |",
         "|---|---|---:|",

@@ -232,6 +232,8 @@ def test_the_page_handler_draws_every_figure(tiny_lm, trained):
     updates = handler("The quick brown fox jumps over the lazy dog.", 0.5, 0.0, "global")
     summary, *figures = (updates[component] for component in outputs)
     assert "perplexity" in summary.lower() and len(figures) == 4
+    assert f"trained to rank units by **{trained[1].config.criterion}**" in summary
+    assert all(f"| {label} |" in summary for label in ("predicted", "true plainact", "static mask", "magnitude"))
     assert all(fig.data for fig in figures)
 
 

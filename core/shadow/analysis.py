@@ -22,7 +22,7 @@ from core.shadow.ranking import layer_spearman, overall_spearman, rank_agreement
 from core.shadow.sweep import masked_nll, perplexity
 from core.spec import FIRST_SPARSE_LAYER
 
-SHOWN = ("predicted", "plainact", "static")  # drawn as heatmaps and compared with the static mask
+SHOWN = ("predicted", "plainact", "static", "magnitude")  # masks at the chosen sparsities, side by side
 CURVE_METHODS = ("predicted", "plainact", "magnitude", "static")
 SWEEP = (0.25, 0.5, 0.75)
 NEURON_BLOCK = 32
@@ -36,6 +36,7 @@ class PromptAnalysis:
     head_sparsity: float
     neuron_sparsity: float
     scope: str
+    criterion: str  # what the predictor was trained to rank by
     scores: dict[str, UnitScores]  # SHOWN methods
     masks: dict[str, ShadowMask]  # SHOWN methods at the chosen sparsities
     dense_ppl: float
@@ -106,6 +107,7 @@ def analyze_prompt(lm: LoadedModel, predictor: ShadowPredictor, prompt: str, hea
     curves = {unit: {m: [next(curve_ppl) for _ in SWEEP] for m in CURVE_METHODS} for unit in ("heads", "neurons")}
     return PromptAnalysis(
         tokens=ids.shape[1], head_sparsity=head_sparsity, neuron_sparsity=neuron_sparsity, scope=scope,
+        criterion=predictor.config.criterion,
         scores={m: scores[m] for m in SHOWN}, masks=chosen, dense_ppl=ppl[0],
         chosen_ppl=dict(zip(SHOWN, ppl[1 : 1 + len(SHOWN)], strict=True)), curves=curves,
         departure=departure_from_static(scores, chosen),
