@@ -170,7 +170,9 @@ def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     tokens = [100, 300, 50, 200]
     per = {"oracle": 10.0, "tokenbutler": 11.0, "h2o": 14.0, "random": 40.0, "dense": 9.0}
     by_policy = {n: {"25%" if n != "dense" else "100%": {"ppl": p, "chunk_nll": [math.log(p) * t for t in tokens],
-                                                         "chunk_tokens": tokens}} for n, p in per.items()}
+                                                         "chunk_tokens": tokens, "byte_sparsity": 0.7}}
+                 for n, p in per.items()}
+    by_policy["snapkv"] = {"25%": {**by_policy["h2o"]["25%"], "ppl": 10.5, "byte_sparsity": 0.05}}  # reads more
     draws = resample_indices(len(tokens), 300, 0)
     nll = {n: by_policy[n]["25%"]["chunk_nll"] for n in ("tokenbutler", "oracle", "h2o")}
     assert closure_interval(nll["tokenbutler"], nll["oracle"], nll["h2o"], tokens, draws) == pytest.approx([0.75, 0.75])

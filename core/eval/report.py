@@ -71,7 +71,7 @@ def _perplexity_tables(doc: dict, stage_name: str) -> list[str]:
                     budgets, reads)
     if any(v is not None for v in closed):
         lines += ["", "Perplexity gap closed by tokenbutler, 1 - (tokenbutler - oracle) / (best other - oracle) "
-                  "[95% interval over chunks] (best other): "
+                  "[95% interval over chunks] (best other method reading no more bytes): "
                   + ", ".join(f"{column_title(b)} {_with_interval(v['value'], v['ci'], '{:.2f}')} ({v['rival']})"
                               for b, v in zip(budgets, closed, strict=True) if v is not None)]
     return lines
