@@ -102,3 +102,12 @@ def test_tova_evicts_what_the_last_query_attended_to_least_averaged_over_heads()
     again = policy.step(state, view.rows(slice(17, 18), 18), keep=10)
     assert int(again[0, 0].sum()) == 10 and bool(again[0, 0, 17])
     assert not (again[0, 0, :17] & ~kept[0, 0, :17]).any(), "no evicted token returns"
+
+
+def test_double_sparsity_label_cache_follows_the_sequence_even_without_a_reset():
+    policy = make_policy("double-sparsity", ranking=ChannelRanking(2, 2, 8), channels=8)
+    for seed in (0, 1):  # a second sequence of the same length, scored step by step with no reset between
+        whole = hand_view(seed=seed)
+        for t in range(1, 25):
+            step = whole.rows(slice(t - 1, t), t)
+            assert torch.equal(policy.scores(step), step.true_probs())

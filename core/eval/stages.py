@@ -77,12 +77,19 @@ class Setup:
 def run_stage(s: Setup, stage: Stage) -> None:
     """Measure every cell not yet cached, with a progress bar; each finished cell is cached at once.
 
-    Under several processes each measures every n-th missing job into its own cache file, then all wait
-    for each other and read every file, so each holds the whole stage."""
+    Under several processes the work is dealt before looking at the cache (so no two processes can disagree
+    on who measures what): whole items where one measurement fills an item's cells, else every n-th cell in
+    a fixed order. Each process writes its own cache file, then all wait for each other and read every file,
+    so each holds the whole stage."""
+    rank, world = s.processes.process_index, s.processes.num_processes
     jobs: list[Callable[[], dict[Key, dict]]] = []
-    for item in stage.items:
+    for i, item in enumerate(stage.items):
         keys = {(n, b.label): (s.key(stage, n, b, item), n, b) for n, bs in stage.budgets.items() for b in bs}
-        missing = [entry for entry in keys.values() if s.cache.get(entry[0]) is None]
+        if stage.measure_item is not None:
+            missing = [e for e in keys.values() if i % world == rank and s.cache.get(e[0]) is None]
+        else:
+            missing = [e for j, e in enumerate(keys.values())
+                       if (i * len(keys) + j) % world == rank and s.cache.get(e[0]) is None]
         if missing and stage.measure_item is not None:
             wanted: dict[str, list[Budget]] = {}
             for _, name, budget in missing:
@@ -93,11 +100,10 @@ def run_stage(s: Setup, stage: Stage) -> None:
         else:
             jobs.extend(lambda k=k, n=n, b=b, item=item: {k: stage.measure(n, b, item)} for k, n, b in missing)
     unit = "cell" if stage.measure_item is None else "item"
-    share = jobs[s.processes.process_index :: s.processes.num_processes]
-    for job in tqdm(share, desc=stage.name, unit=unit, disable=not share or not s.processes.is_main_process):
+    for job in tqdm(jobs, desc=stage.name, unit=unit, disable=not jobs or not s.processes.is_main_process):
         for key, value in job().items():
             s.cache.put(key, value)
-    if s.processes.num_processes > 1:
+    if world > 1:
         s.processes.wait_for_everyone()
         s.cache.reload()
 

@@ -1,9 +1,10 @@
 """Double Sparsity (Yang et al. 2024): approximate attention from a few offline-calibrated channels, top-k per head.
 
 Offline, each head's channels are ranked by their mean |q_i k_i| over calibration text (the paper's
-"qk" outlier criterion; `core.calibrate`). At every step the query's `channels` heaviest channels meet
-a label cache holding only those channels of every cached key; the approximate attention picks the
-rows to read, then attention runs exactly over them. No training, and nothing is evicted.
+"qk" outlier criterion; `core.calibrate`). At every step the query's values in the `channels` heaviest
+channels (fixed offline per KV head) meet a label cache holding the same channels of every cached key;
+the approximate attention picks the rows to read, then attention runs exactly over them. No training,
+and nothing is evicted.
 
 Departures, for this model's grouped-query attention: channels are ranked per KV head (the mean over
 its group's query heads), so one label cache serves the group, and the group's approximate attention
@@ -69,12 +70,13 @@ def shipped_ranking() -> ChannelRanking:
 @dataclass(eq=False)
 class DoubleSparsityPolicy(Policy):
     name = "double-sparsity"
-    description = "Approximate attention from 16 calibrated heavy channels, top-k per head (Double Sparsity)."
+    description = "Approximate attention from a few calibrated heavy channels (16 by default), top-k (Double Sparsity)."
     pool = "mean"
 
     channels: int = 16
     ranking: ChannelRanking | str | Path | None = None  # None: the shipped calibration; a path: one saved there
     labels: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)  # layer -> label cache
+    channel_index: dict[tuple, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.channels < 1:
@@ -104,10 +106,17 @@ class DoubleSparsityPolicy(Policy):
         """The label cache, read whole at every step: `channels` values per past token."""
         return float(past.sum()) * min(self.channels, head_dim) / (2 * head_dim)
 
+    def _chosen(self, layer: int, channels: int, device: torch.device) -> torch.Tensor:
+        """[Hkv, r] the layer's calibrated channels on `device`, looked up once per layer."""
+        key = (layer, channels, device)
+        if key not in self.channel_index:
+            self.channel_index[key] = self.ranking.chosen(layer, channels).to(device)
+        return self.channel_index[key]
+
     def _label_cache(self, view: LayerView, chosen: torch.Tensor) -> torch.Tensor:
         """[B, Hkv, T, r] the chosen channels of every key; a decode step extends the layer's cache by its
-        new rows, any other pass gathers them afresh."""
-        index = chosen.to(view.key.device)[None, :, None, :]
+        new rows (checking that its last cached row is still this sequence's), any other pass gathers afresh."""
+        index = chosen[None, :, None, :]
 
         def gather(keys: torch.Tensor) -> torch.Tensor:
             return torch.gather(keys.float(), -1, index.expand(*keys.shape[:3], -1))
@@ -116,8 +125,10 @@ class DoubleSparsityPolicy(Policy):
         if not (view.positions.numel() == 1 and int(view.positions[0]) == t - 1):
             return gather(view.key)
         cached = self.labels.get(view.layer)
-        if cached is None or cached.shape[:2] != view.key.shape[:2] or cached.shape[2] > t:
-            cached = gather(view.key[:, :, :0])
+        n = 0 if cached is None else cached.shape[2]
+        if n == 0 or cached.shape[:2] != view.key.shape[:2] or n > t or not torch.equal(
+                cached[:, :, -1:], gather(view.key[:, :, n - 1 : n])):
+            cached = gather(view.key[:, :, :0])  # first step, or another sequence without a reset: start over
         if cached.shape[2] < t:
             cached = torch.cat([cached, gather(view.key[:, :, cached.shape[2] : t])], dim=2)
         self.labels[view.layer] = cached
@@ -127,10 +138,10 @@ class DoubleSparsityPolicy(Policy):
         """Softmax of the approximate logits q[channels] . k[channels] (the true scale), per query head."""
         b, hq, q, d = view.query.shape
         hkv = view.key.shape[1]
-        chosen = self.ranking.chosen(view.layer, min(self.channels, d))  # [Hkv, r]
+        chosen = self._chosen(view.layer, min(self.channels, d), view.key.device)  # [Hkv, r]
         labels = self._label_cache(view, chosen)
         grouped = view.query.float().reshape(b, hkv, (hq // hkv) * q, d)
-        index = chosen.to(grouped.device)[None, :, None, :].expand(b, hkv, grouped.shape[2], -1)
+        index = chosen[None, :, None, :].expand(b, hkv, grouped.shape[2], -1)
         picked = torch.gather(grouped, -1, index)
         logits = (torch.matmul(picked, labels.transpose(-1, -2)) * view.scale).view(b, hq, q, -1)
         return torch.softmax(logits.masked_fill(~view.causal(), float("-inf")), dim=-1)

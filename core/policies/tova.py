@@ -47,13 +47,13 @@ class TovaPolicy(Policy):
     recent: int = field(default=0, init=False)
 
     def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
-        """The last query's attention to every cached token: one value each."""
-        return float(kept.sum()) / (2 * head_dim)
+        """The last query's attention to every cached token: one value each, shared by the layer's KV heads."""
+        return float(kept.sum()) / (2 * head_dim * kept.shape[1])  # kept: [B, Hkv, rows]
 
     def prefill(self, view: LayerView, keep: int) -> TovaState:
         b, hkv, t = *view.key.shape[:2], view.context
         alive = torch.ones(b, hkv, t, dtype=torch.bool, device=view.key.device)
-        last = head_mean_attention(view) if t else view.key.new_zeros(b, 0, dtype=torch.float32)
+        last = head_mean_attention(view.rows(slice(-1, None))) if t else view.key.new_zeros(b, 0, dtype=torch.float32)
         return TovaState(alive, last.float())
 
     def step(self, state: TovaState, view: LayerView, keep: int) -> torch.Tensor:
