@@ -176,6 +176,8 @@ def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     draws = resample_indices(len(tokens), 300, 0)
     nll = {n: by_policy[n]["25%"]["chunk_nll"] for n in ("tokenbutler", "oracle", "h2o")}
     assert closure_interval(nll["tokenbutler"], nll["oracle"], nll["h2o"], tokens, draws) == pytest.approx([0.75, 0.75])
+    tied = [math.log(10.0) * t for t in tokens]  # a rival that equals the ceiling on every draw: no interval
+    assert all(math.isnan(v) for v in closure_interval(nll["tokenbutler"], nll["oracle"], tied, tokens, draws))
     gap_closure(by_policy, 300, 0)
     closed = gap_closed(by_policy, "25%")
     assert closed["rival"] == "h2o" and closed["value"] == pytest.approx(0.75)

@@ -42,9 +42,13 @@ def share_interval(hits: list[int], totals: list[int], draws: np.ndarray) -> lis
 def closure_interval(learned: list[float], ceiling: list[float], rival: list[float], tokens: list[int],
                      draws: np.ndarray) -> list[float]:
     """95% interval of the gap closed, 1 - (ppl_learned - ppl_ceiling) / (ppl_rival - ppl_ceiling), from the
-    three methods' per-chunk NLL on the same chunks (paired: one draw of chunks for all three)."""
+    three methods' per-chunk NLL on the same chunks (paired: one draw of chunks for all three). NaN when more
+    than 2.5% of the draws have no gap (the rival no worse than the ceiling): the bounds would not hold."""
     tok = np.asarray(tokens, float)[draws].sum(1)
     ppl = [np.exp(np.asarray(nll, float)[draws].sum(1) / tok) for nll in (learned, ceiling, rival)]
     gap = ppl[2] - ppl[1]
     closed = 1.0 - (ppl[0] - ppl[1]) / np.where(gap > 0, gap, np.nan)
-    return _bounds(closed[np.isfinite(closed)]) if np.isfinite(closed).any() else [float("nan")] * 2
+    usable = np.isfinite(closed)
+    if usable.mean() < LEVEL + (1 - LEVEL) / 2:  # the rival ties the ceiling too often: no gap to speak of
+        return [float("nan")] * 2
+    return _bounds(closed[usable])

@@ -205,7 +205,8 @@ def gap_closure(by_policy: dict[str, dict[str, dict]], resamples: int, seed: int
     learned, ceiling = by_policy.get(LEARNED, {}), by_policy.get(CEILING, {})
     for label, mine in learned.items():
         rivals = {n: by[label] for n, by in by_policy.items() if n not in (DENSE, CEILING, LEARNED) and label in by
-                  and by[label]["byte_sparsity"] >= mine["byte_sparsity"] - BYTE_TOLERANCE}
+                  and by[label]["byte_sparsity"] >= mine["byte_sparsity"] - BYTE_TOLERANCE
+                  and math.isfinite(by[label]["ppl"])}
         if label not in ceiling or not rivals:
             continue
         rival = min(rivals, key=lambda n: rivals[n]["ppl"])
