@@ -50,7 +50,7 @@ class ShadowEvalConfig:
     layer_scope_methods: tuple[str, ...] = ("predicted", "plainact")  # also ranked per layer, heads at 50 %
     seed: int = 0
     out: str = "assets/results"
-    cache_dir: str = "runs/shadow_cache"  # finished (window, method) cells; empty: no cache
+    cache_dir: str = "assets/shadow_cache"  # finished (window, method) cells, committed; empty: no cache
 
     def __post_init__(self) -> None:
         for s in self.sparsities:
