@@ -181,8 +181,11 @@ def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     gap_closure(by_policy, 300, 0)
     closed = gap_closed(by_policy, "25%")
     assert closed["rival"] == "h2o" and closed["value"] == pytest.approx(0.75)
+    against = by_policy["tokenbutler"]["25%"]["gap_closed_by_rival"]
+    assert set(against) == {"h2o", "random"}, "snapkv reads more bytes: not a rival"
+    assert against["random"]["value"] == pytest.approx(1 - 1 / 30)
     assert closed["ci"] == pytest.approx([0.75, 0.75])
-    by_policy["h2o"]["25%"]["ppl"] = 9.5  # a rival under the oracle: no gap to close, nothing claimed
-    del by_policy["tokenbutler"]["25%"]["gap_closed"]
+    by_policy["h2o"]["25%"]["ppl"] = 9.5  # the one rival left is under the oracle: no gap to close, no claim
+    del by_policy["random"], by_policy["tokenbutler"]["25%"]["gap_closed"]
     gap_closure(by_policy, 300, 0)
     assert gap_closed(by_policy, "25%") is None
