@@ -75,8 +75,8 @@ def _perplexity_tables(doc: dict, stage_name: str) -> list[str]:
                   "[95% interval over chunks] (best other method reading no more bytes): "
                   + ", ".join(f"{column_title(b)} {_with_interval(v['value'], v['ci'], '{:.2f}')} ({v['rival']})"
                               for b, v in zip(budgets, closed, strict=True) if v is not None)]
-        by_rival = {label: (cell(stage[LEARNED], label) or {}).get("gap_closed_by_rival", {})
-                    for label in (b["label"] for b in budgets)}
+        by_rival = {b["label"]: (cell(stage[LEARNED], b["label"]) or {}).get("gap_closed_by_rival", {})
+                    for b in budgets}
         rivals = sorted({name for against in by_rival.values() for name in against})
         rows = {name: [_with_interval(a["value"], a["ci"], "{:.2f}") if (a := by_rival[b["label"]].get(name))
                        else "–" for b in budgets] for name in rivals}

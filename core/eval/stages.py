@@ -84,9 +84,11 @@ def run_stage(s: Setup, stage: Stage) -> None:
     rank, world = s.processes.process_index, s.processes.num_processes
     jobs: list[Callable[[], dict[Key, dict]]] = []
     for i, item in enumerate(stage.items):
+        if stage.measure_item is not None and i % world != rank:
+            continue  # another process's item
         keys = {(n, b.label): (s.key(stage, n, b, item), n, b) for n, bs in stage.budgets.items() for b in bs}
         if stage.measure_item is not None:
-            missing = [e for e in keys.values() if i % world == rank and s.cache.get(e[0]) is None]
+            missing = [e for e in keys.values() if s.cache.get(e[0]) is None]
         else:
             missing = [e for j, e in enumerate(keys.values())
                        if (i * len(keys) + j) % world == rank and s.cache.get(e[0]) is None]
