@@ -97,6 +97,18 @@ class Predictor(nn.Module):
         )
         default_pairs = torch.arange(config.dim // 2).expand(config.num_layers, config.num_kv_heads, -1)
         self.register_buffer("pairs", default_pairs.clone())
+        self.register_buffer("channels", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("rope_columns", torch.empty(0, dtype=torch.long), persistent=False)
+        self._index_pairs()
+        self.register_load_state_dict_post_hook(lambda module, _: module._index_pairs())
+
+    def _index_pairs(self) -> None:
+        """Index tables derived from `pairs`, built once instead of at every decode step: `channels`
+        [L, Hkv, dim] of the real key (each pair's first half, then its second halves) and
+        `rope_columns` [L, Hq, dim/2] of the RoPE tables each query head's pairs rotate by."""
+        group = self.config.num_heads // self.config.num_kv_heads
+        self.channels = torch.cat([self.pairs, self.pairs + self.config.head_dim // 2], dim=-1)
+        self.rope_columns = self.pairs.repeat_interleave(group, dim=1).contiguous()
 
     def layers_of(self, producer: int) -> list[int]:
         """Layers whose queries producer `producer` predicts."""
@@ -106,35 +118,36 @@ class Predictor(nn.Module):
     def set_pairs(self, pairs: torch.Tensor) -> None:
         """Install calibrated RoPE pairs [num_layers, num_kv_heads, dim/2]."""
         self.pairs.copy_(pairs.to(self.pairs))
+        self._index_pairs()
 
     def key_channels(self, layer: int) -> torch.Tensor:
         """[Hkv, dim] channel indices of the real key: the selected pairs' first halves, then second halves."""
-        pairs = self.pairs[layer]
-        return torch.cat([pairs, pairs + self.config.head_dim // 2], dim=-1)
+        return self.channels[layer]
 
     def project_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
         """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim] (what the extra cache would hold)."""
-        idx = self.key_channels(layer).to(key.device)
+        idx = self.channels[layer].to(key.device)
         return torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
 
     def queries(self, producer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict:
-        """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin."""
+        """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin.
+
+        Rotated in the producer's own layout [B, T, G, Hq, dim], with the RoPE tables read at every
+        head's pairs by one index, and only then viewed per layer (the same values as rotating per head)."""
         cfg = self.config
         out = self.producers[str(producer)](hidden.to(self.producers[str(producer)].up.weight.dtype))
         b, t = hidden.shape[:2]
         layers = self.layers_of(producer)
-        out = out.view(b, t, len(layers), cfg.num_heads, cfg.dim).permute(2, 0, 3, 1, 4)  # [G, B, Hq, T, dim]
-        half = cfg.dim // 2
-        group = cfg.num_heads // cfg.num_kv_heads
-        pairs = self.pairs[layers].repeat_interleave(group, dim=1).to(cos.device)  # [G, Hq, half]
-        index = pairs[:, None, :, None, :].expand(-1, b, -1, t, -1)  # [G, B, Hq, T, half]
+        g, half = len(layers), cfg.dim // 2
+        out = out.view(b, t, g, cfg.num_heads, cfg.dim)
+        columns = self.rope_columns[layers[0] : layers[-1] + 1].reshape(-1).to(cos.device)
 
-        def at_pairs(table: torch.Tensor) -> torch.Tensor:  # [B, T, head_dim] -> [G, B, Hq, T, half]
-            return table[None, :, None].expand(len(layers), -1, cfg.num_heads, -1, -1).gather(-1, index)
+        def at_pairs(table: torch.Tensor) -> torch.Tensor:  # [B, T, head_dim] -> [B, T, G, Hq, half]
+            return table.index_select(-1, columns).view(table.shape[0], t, g, cfg.num_heads, half).to(out.dtype)
 
-        c, s = at_pairs(cos).to(out.dtype), at_pairs(sin).to(out.dtype)
+        c, s = at_pairs(cos), at_pairs(sin)
         x, y = out[..., :half], out[..., half:]
-        rotated = torch.cat([x * c - y * s, y * c + x * s], dim=-1)
+        rotated = torch.cat([x * c - y * s, y * c + x * s], dim=-1).permute(2, 0, 3, 1, 4)  # [G, B, Hq, T, dim]
         return {layer: rotated[i] for i, layer in enumerate(layers)}
 
     def scores(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

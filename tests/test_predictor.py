@@ -134,3 +134,29 @@ def test_a_schedule_trains_each_phase_on_chunks_of_its_length(tiny_lm, tmp_path)
         train(tiny_lm, chunks(4, 32), tmp_path / "x", replace(config, schedule="48x2"), progress=False)
     with pytest.raises(ValueError, match="schedule must look like"):
         replace(CONFIG, schedule="512:100").phases()
+
+
+def test_queries_rotate_each_head_by_its_own_pairs_and_follow_new_pairs(tmp_path) -> None:
+    """The producer's queries are its output rotated, per head, by the RoPE angles of that head's KV
+    pairs; the index tables follow `set_pairs` and a save/load round trip."""
+    torch.manual_seed(2)
+    predictor = small_predictor(num_heads=4)
+    cfg = predictor.config
+    pairs = torch.stack([torch.randperm(cfg.head_dim // 2)[: cfg.dim // 2].sort().values for _ in range(8)])
+    predictor.set_pairs(pairs.view(cfg.num_layers, cfg.num_kv_heads, -1))
+    hidden = torch.randn(1, 3, cfg.hidden_size)
+    cos, sin = torch.randn(1, 3, cfg.head_dim), torch.randn(1, 3, cfg.head_dim)
+    producer = cfg.producer_layers[0]
+    out = predictor.producers[str(producer)](hidden).view(1, 3, -1, cfg.num_heads, cfg.dim)
+    half, group = cfg.dim // 2, cfg.num_heads // cfg.num_kv_heads
+    for i, (layer, got) in enumerate(predictor.queries(producer, hidden, cos, sin).items()):
+        first = predictor.pairs[layer]
+        assert torch.equal(predictor.key_channels(layer), torch.cat([first, first + cfg.head_dim // 2], -1))
+        for head in range(cfg.num_heads):
+            cols = predictor.pairs[layer, head // group]
+            x, y = out[0, :, i, head, :half], out[0, :, i, head, half:]
+            c, s = cos[0][:, cols], sin[0][:, cols]
+            assert torch.allclose(got[0, head], torch.cat([x * c - y * s, y * c + x * s], -1), atol=1e-6)
+    loaded = Predictor.load(predictor.save(tmp_path / "p"))
+    for layer in range(cfg.num_layers):
+        assert torch.equal(loaded.key_channels(layer), predictor.key_channels(layer))
