@@ -88,7 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     over = predictor.overheads(lm.spec, lm.parameter_count)
     print(
         f"saved to {args.out}: {over['parameters']:,} parameters ({over['parameter_share']:.2%} of the base model), "
-        f"extra cache {over['cache_values_per_token']} values/token ({over['cache_share']:.1%} of the KV cache); "
+        f"extra cache {over['cache_values_per_token']:,.0f} 16-bit values/token "
+        f"({over['cache_share']:.1%} of the KV cache); "
         f"last loss {history[-1]['loss']:.4f}, hit accuracy {history[-1]['hit_accuracy']:.3f}"
     )
     return 0

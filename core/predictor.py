@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_weights, read_config, save_network
+from core.keysummary import check_bits, stored, values_per_token
 from core.spec import ModelSpec, parameter_count
 
 WEIGHTS_FILE = "predictor.safetensors"
@@ -44,6 +45,7 @@ class PredictorConfig:
     inner: int = 128
     group_layers: int = 4
     first_layer: int = 1
+    key_bits: int = 16  # how the key channels are stored in the extra cache (16, 8 or 4: core.keysummary)
 
     @classmethod
     def for_spec(cls, spec: ModelSpec, **overrides) -> PredictorConfig:
@@ -87,6 +89,7 @@ class Predictor(nn.Module):
         super().__init__()
         if config.dim % 2 or config.dim > config.head_dim:
             raise ValueError(f"dim must be even and <= head_dim ({config.head_dim}), got {config.dim}.")
+        check_bits(config.key_bits)
         self.config = config
         per_layer = config.num_heads * config.dim
         self.producers = nn.ModuleDict(
@@ -125,9 +128,11 @@ class Predictor(nn.Module):
         return self.channels[layer]
 
     def project_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
-        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim] (what the extra cache would hold)."""
+        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim]: what the extra cache holds, read back
+        at its `key_bits` (training sees the same stored keys as decoding)."""
         idx = self.channels[layer].to(key.device)
-        return torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+        picked = torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+        return stored(picked, self.config.key_bits)
 
     def queries(self, producer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict:
         """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin.
@@ -181,7 +186,8 @@ class Predictor(nn.Module):
 
     def overheads(self, spec: ModelSpec, base_parameters: int) -> dict[str, float]:
         """Parameters relative to the base model and extra per-token cache relative to its KV cache."""
-        extra_cache = len(self.config.predicted_layers) * self.config.num_kv_heads * self.config.dim
+        per_head = values_per_token(self.config.dim, self.config.key_bits)
+        extra_cache = len(self.config.predicted_layers) * self.config.num_kv_heads * per_head
         return {
             "parameters": self.parameter_count(),
             "parameter_share": self.parameter_count() / base_parameters,

@@ -53,6 +53,7 @@ class TrainConfig:
     dim: int = 16
     inner: int = 128
     group_layers: int = 4
+    key_bits: int = 16  # the key channels stored at 16, 8 or 4 bits (more channels in the same bytes)
     seed: int = 0
     calib_chunks: int = 4
     save_every: int = 100
@@ -198,7 +199,8 @@ def train(
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     total_steps = config.total_steps
-    pconf = PredictorConfig.for_spec(lm.spec, dim=config.dim, inner=config.inner, group_layers=config.group_layers)
+    pconf = PredictorConfig.for_spec(lm.spec, dim=config.dim, inner=config.inner, group_layers=config.group_layers,
+                                     key_bits=config.key_bits)
     model = Predictor(pconf)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, config.warmup))

@@ -160,3 +160,17 @@ def test_queries_rotate_each_head_by_its_own_pairs_and_follow_new_pairs(tmp_path
     loaded = Predictor.load(predictor.save(tmp_path / "p"))
     for layer in range(cfg.num_layers):
         assert torch.equal(loaded.key_channels(layer), predictor.key_channels(layer))
+
+
+def test_key_channels_stored_at_8_bits_are_what_training_and_decoding_score(tiny_lm) -> None:
+    from core.keysummary import stored
+
+    config = PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2, key_bits=8)
+    predictor = Predictor(config)
+    key = torch.randn(1, tiny_lm.spec.num_kv_heads, 12, tiny_lm.spec.head_dim)
+    picked = torch.gather(key, -1, predictor.key_channels(1)[None, :, None, :].expand(1, -1, 12, -1))
+    assert torch.equal(predictor.project_keys(1, key), stored(picked, 8))
+    over = predictor.overheads(tiny_lm.spec, 10**6)
+    assert over["cache_values_per_token"] == (tiny_lm.spec.num_layers - 1) * tiny_lm.spec.num_kv_heads * (8 / 2 + 1)
+    with pytest.raises(ValueError, match="bits"):
+        Predictor(replace(config, key_bits=5))
