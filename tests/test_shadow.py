@@ -271,3 +271,26 @@ def test_the_page_reports_bad_input_as_a_message_not_a_trace(tiny_lm, trained, m
         handler("a long prompt of more than twenty characters", 0.5, 0.0, "global")
     with pytest.raises(gr.Error, match="scope"):
         handler("some text", 0.5, 0.0, "rows")
+
+
+@pytest.mark.parametrize("unit", ["heads", "neurons"])
+def test_contribution_is_what_removing_the_unit_takes_from_its_layers_output(tiny_lm, unit):
+    """o_proj / down_proj are linear: removing one unit changes the layer's output by exactly W_u a_u, so the
+    criterion equals the mean norm of that change (downstream layers aside)."""
+    ids = token_ids(1, 12, seed=5)
+    layer, index = 2, 3
+    module = tiny_lm.model.model.layers[layer]
+    proj = module.self_attn.o_proj if unit == "heads" else module.mlp.down_proj
+    outputs = []
+    handle = proj.register_forward_hook(lambda _, __, out: outputs.append(out.detach()))
+    dense = ShadowMask.dense(tiny_lm.spec)
+    removed = ShadowMask(dense.heads.clone(), dense.neurons.clone())
+    getattr(removed, unit)[layer, index] = 0
+    try:
+        for mask in (dense, removed):
+            logits(tiny_lm, ids, mask)
+    finally:
+        handle.remove()
+    want = (outputs[0] - outputs[1])[0].norm(dim=-1).mean()
+    got = getattr(capture(tiny_lm, ids, ["contribution"]).scores["contribution"], unit)[0, layer, index]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -10,7 +10,7 @@ from core.args import add_model_args, split_csv, split_ints
 from core.models import load
 from core.shadow.dataset import CACHE_DIR, cached_targets, training_prompts
 from core.shadow.evaluate import ShadowEvalConfig, heldout_windows, run_shadow_evaluation
-from core.shadow.importance import GRADIENT_CRITERIA, POOLS
+from core.shadow.importance import CRITERIA, POOLS
 from core.shadow.methods import METHODS
 from core.shadow.predictor import DEFAULT_DIR, ShadowConfig, ShadowPredictor
 from core.shadow.report import markdown_report, write_results
@@ -74,7 +74,7 @@ def add_shadow_commands(subparsers) -> None:
     tr.add_argument("--prompts", type=int, default=768, help="training prompts, from distinct 'train' chunks")
     tr.add_argument("--lengths", type=split_ints, default=split_ints(TRAIN_LENGTHS),
                     help="prompt lengths in tokens, cycled")
-    tr.add_argument("--criterion", choices=GRADIENT_CRITERIA, default="plainact")
+    tr.add_argument("--criterion", choices=CRITERIA, default="plainact", help="the importance the predictor learns")
     tr.add_argument("--batch-size", type=int, default=8, help="prompts per capture pass")
     tr.add_argument("--cache-dir", default=str(CACHE_DIR), help="where captured targets are cached")
     tr.add_argument("--epochs", type=int, default=ShadowTrainConfig.epochs)

@@ -18,7 +18,8 @@ METHOD_NOTES = {
     "direct": "the prompt's loss rise when each head (block of 64 neurons) is removed alone: brute force",
     "fisher": "true fisher of the prompt (oracle: forward + backward)",
     "magnitude": "activation magnitude of the prompt (DejaVu-like oracle)",
-    "static": "one mask for every input: the training prompts' mean normalized plainact",
+    "contribution": "norm of what each unit writes to the residual stream over the prompt (oracle, forward only)",
+    "static": "one mask for every input: the training prompts' mean normalized {criterion}",
     "random": "random scores",
 }
 TITLES = {"heads": "Perplexity vs head sparsity (neurons dense)",
@@ -68,7 +69,7 @@ def markdown_report(doc: dict) -> str:
         f"({pred['parameter_share']:.2%} of the base model), trained on {pred['criterion']}. "
         f"Run time {doc['timing_s']:.0f} s.",
         "",
-        *(f"- **{m}**: {METHOD_NOTES[m].format(pool=pred['pool'])}" for m in cfg["methods"]),
+        *(f"- **{m}**: {METHOD_NOTES[m].format(**pred)}" for m in cfg["methods"]),
     ]
     for unit in ("heads", "neurons"):
         intervals = ppl.get("interval", {}).get("global", {}).get(unit, {})
