@@ -232,7 +232,7 @@ def test_the_page_handler_draws_every_figure(tiny_lm, trained):
     updates = handler("The quick brown fox jumps over the lazy dog.", 0.5, 0.0, "global")
     summary, *figures = (updates[component] for component in outputs)
     assert "perplexity" in summary.lower() and len(figures) == 4
-    assert f"trained to rank units by **{trained[1].config.criterion}**" in summary
+    assert f"trained to rank units by **{trained[1].config.criterion} of the prompt itself**" in summary
     assert all(f"| {label} |" in summary for label in ("predicted", "true plainact", "static mask", "magnitude"))
     assert all(fig.data for fig in figures)
 
@@ -294,3 +294,16 @@ def test_contribution_is_what_removing_the_unit_takes_from_its_layers_output(tin
     want = (outputs[0] - outputs[1])[0].norm(dim=-1).mean()
     got = getattr(capture(tiny_lm, ids, ["contribution"]).scores["contribution"], unit)[0, layer, index]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_continuation_targets_take_features_from_the_prompt_and_importance_from_what_follows(tiny_lm):
+    ids = token_ids(2, 20, seed=7)
+    split = capture(tiny_lm, ids, ["magnitude"], prompt_len=12)
+    prompt, whole = capture(tiny_lm, ids[:, :12], ["magnitude"]), capture(tiny_lm, ids, ["magnitude"])
+    for pool, features in prompt.features.items():  # causal: the prompt's layer-0 states do not see the rest
+        torch.testing.assert_close(split.features[pool], features, rtol=1e-5, atol=1e-6)
+    for unit in ("heads", "neurons"):  # the mean over the 8 tokens after the prompt
+        by_hand = (20 * getattr(whole.scores["magnitude"], unit) - 12 * getattr(prompt.scores["magnitude"], unit)) / 8
+        torch.testing.assert_close(getattr(split.scores["magnitude"], unit), by_hand, rtol=1e-4, atol=1e-5)
+    with pytest.raises(PromptError, match="continuation"):
+        capture(tiny_lm, ids, ["magnitude"], prompt_len=19)

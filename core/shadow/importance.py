@@ -129,28 +129,37 @@ def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return nll.mean(dim=1).sum()
 
 
-def capture(lm: LoadedModel, ids: torch.Tensor, criteria: Sequence[str] = CRITERIA) -> Capture:
+def capture(lm: LoadedModel, ids: torch.Tensor, criteria: Sequence[str] = CRITERIA, prompt_len: int = 0) -> Capture:
     """Scores of every head and neuron for each prompt of `ids` [B, T] (equal lengths), plus the predictor input.
 
-    The backward pass runs only when a gradient criterion is asked for and reaches only the recorded inputs.
+    With `prompt_len` > 0 the predictor input comes from the first `prompt_len` tokens and the scores from
+    the rest (the continuation: its activations, and the loss of predicting its tokens), so a predictor can
+    learn what the text after a prompt will need. The backward pass runs only when a gradient criterion is
+    asked for and reaches only the recorded inputs.
     """
     unknown = [c for c in criteria if c not in CRITERIA]
     if unknown:
         raise ValueError(f"Unknown importance criteria {unknown}; choose from {', '.join(CRITERIA)}.")
     ids = check_ids(ids).to(lm.device)
+    if not 0 <= prompt_len <= ids.shape[1] - 2:
+        raise PromptError(f"A continuation needs at least 2 tokens after the prompt: prompt_len {prompt_len}, "
+                          f"{ids.shape[1]} tokens.")
     needs_grad = any(c in GRADIENT_CRITERIA for c in criteria)
     embeds = lm.model.get_input_embeddings()(ids).detach().requires_grad_(needs_grad)
     with torch.set_grad_enabled(needs_grad), _recording(lm) as seen:
         logits = lm.model(inputs_embeds=embeds).logits
         acts = seen["heads"] + seen["neurons"]
-        grads = torch.autograd.grad(_lm_loss(logits, ids), acts) if needs_grad else [None] * len(acts)
+        loss = _lm_loss(logits[:, prompt_len:], ids[:, prompt_len:]) if needs_grad else None
+        grads = [g[:, prompt_len:] for g in torch.autograd.grad(loss, acts)] if needs_grad else [None] * len(acts)
+        acts = [a[:, prompt_len:] for a in acts]
     n = len(seen["heads"])
     layers = decoder_layers(lm)
     heads = _layer_scores(acts[:n], grads[:n], [la.self_attn.o_proj.weight for la in layers], lm.spec.head_dim,
                           criteria)
     neurons = _layer_scores(acts[n:], grads[n:], [la.mlp.down_proj.weight for la in layers], 1, criteria)
     scores = {c: UnitScores(heads[c], neurons[c]) for c in criteria}
-    return Capture(features=pooled(seen["layer0"][0].detach().float().cpu()), scores=scores)
+    layer0 = seen["layer0"][0].detach().float().cpu()
+    return Capture(features=pooled(layer0[:, :prompt_len] if prompt_len else layer0), scores=scores)
 
 
 def pooled(layer0: torch.Tensor) -> dict[str, torch.Tensor]:

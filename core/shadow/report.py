@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.palette import color
+from core.shadow.predictor import target_words
 
 METHOD_NOTES = {
     "predicted": "ShadowLLM predictor, from layer 0's output over the prompt ({pool} pooling)",
@@ -66,7 +67,8 @@ def markdown_report(doc: dict) -> str:
         f"the first {cfg['prompt_len']} tokens only; the mask (global ranking of per-layer normalized scores, layer 0 "
         f"dense) applies to the whole window; perplexity counts the last {proto['counted_tokens_per_window']} tokens. "
         f"Dense perplexity **{ppl['dense']:.2f}**. Predictor: {pred['parameters']:,} parameters "
-        f"({pred['parameter_share']:.2%} of the base model), trained on {pred['criterion']}. "
+        f"({pred['parameter_share']:.2%} of the base model), trained on "
+        f"{target_words(pred['criterion'], pred.get('continuation', 0))}. "
         f"Run time {doc['timing_s']:.0f} s.",
         "",
         *(f"- **{m}**: {METHOD_NOTES[m].format(**pred)}" for m in cfg["methods"]),
