@@ -61,8 +61,9 @@ def main() -> None:
         for (name, label), cell in cells.items():
             recall[name][label].append(statistics.mean(cell["recall"][FIRST_SPARSE_LAYER:]))
     head_dim = lm.spec.head_dim
-    rows = {name: {"values_per_token": 16 if name == "tokenbutler" else  # the oracle reads all of K
-                   (head_dim if name == "oracle" else values_per_token(*summaries[name])),
+    predictor = policies["tokenbutler"].predictor.config
+    summaries |= {"tokenbutler": (predictor.dim, predictor.key_bits)}
+    rows = {name: {"values_per_token": head_dim if name == "oracle" else values_per_token(*summaries[name]),
                    **{label: statistics.mean(v) for label, v in by.items()}} for name, by in recall.items()}
     print(f"attention recall, {len(chunks)} held-out chunks of {args.chunk_len} tokens (per KV head and token: "
           f"values of the key summary read)")

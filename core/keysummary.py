@@ -2,7 +2,9 @@
 at 8 or 4 bits with one 16-bit scale per token and KV head, so more channels fit in the same bytes.
 
 Quantization is symmetric per row (one token of one KV head): the row's largest magnitude maps to the
-largest code. Scoring reads the dequantized values, exactly what a kernel over the codes would compute.
+largest code, the scale is kept in fp16, and the codes are formed in fp32 whatever the input's dtype,
+so training and decoding store a key the same way. Scoring reads the dequantized values, exactly what
+a kernel over the codes would compute.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ def stored(values: torch.Tensor, bits: int) -> torch.Tensor:
     if check_bits(bits) == 16:
         return values
     top = 2 ** (bits - 1) - 1
-    scale = values.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(values.dtype).tiny) / top
-    return (values / scale).round().clamp(-top, top) * scale
+    wide = values.float()
+    scale = (wide.abs().amax(dim=-1, keepdim=True) / top).half().float().clamp_min(torch.finfo(torch.float16).tiny)
+    return ((wide / scale).round().clamp(-top, top) * scale).to(values.dtype)
 
 
 def values_per_token(channels: int, bits: int) -> float:

@@ -82,6 +82,11 @@ class Producer(nn.Module):
         return self.down(nn.functional.silu(self.up(self.norm(hidden))))
 
 
+def _reindex_pairs(predictor: Predictor, _incompatible) -> None:
+    """After a state dict is loaded, rebuild the index tables from the loaded pairs."""
+    predictor._index_pairs()
+
+
 class Predictor(nn.Module):
     """All producers plus the calibrated key channels; scores every predicted layer's past tokens."""
 
@@ -103,7 +108,7 @@ class Predictor(nn.Module):
         self.register_buffer("channels", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("rope_columns", torch.empty(0, dtype=torch.long), persistent=False)
         self._index_pairs()
-        self.register_load_state_dict_post_hook(lambda module, _: module._index_pairs())
+        self.register_load_state_dict_post_hook(_reindex_pairs)
 
     def _index_pairs(self) -> None:
         """Index tables derived from `pairs`, built once instead of at every decode step: `channels`
@@ -119,7 +124,8 @@ class Predictor(nn.Module):
         return list(range(producer, last))
 
     def set_pairs(self, pairs: torch.Tensor) -> None:
-        """Install calibrated RoPE pairs [num_layers, num_kv_heads, dim/2]."""
+        """Install calibrated RoPE pairs [num_layers, num_kv_heads, dim/2]: the one way to change `pairs`
+        besides loading a state dict (both rebuild the index tables derived from them)."""
         self.pairs.copy_(pairs.to(self.pairs))
         self._index_pairs()
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from core.attention import SparseSession, activate
 from core.budget import Budget
-from core.checkpoint import replacing
+from core.checkpoint import CONFIG_FILE, replacing
 from core.metrics import hit_accuracy
 from core.models import LoadedModel
 from core.policies import make_policy
@@ -207,6 +207,11 @@ def train(
     state_path = out / STATE_FILE
     start, history, tokens, wall = 0, [], 0, 0.0
     if resume and state_path.is_file():
+        saved, wanted = asdict(PredictorConfig(**json.loads((out / CONFIG_FILE).read_text())["config"])), asdict(pconf)
+        if saved != wanted:
+            changed = sorted(k for k in wanted if saved[k] != wanted[k])
+            raise ValueError(f"The checkpoint in {out} is a predictor with other {', '.join(changed)}; pass the flags "
+                             "it was trained with to resume it, or --restart to start over.")
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["predictor"])
         optimizer.load_state_dict(state["optimizer"])

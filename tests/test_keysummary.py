@@ -16,7 +16,7 @@ from tests.test_rivals import hand_view
 def test_stored_rows_are_integral_codes_of_one_scale_within_half_a_step(bits):
     values = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(bits))
     back = stored(values, bits)
-    step = values.abs().amax(dim=-1, keepdim=True) / (2 ** (bits - 1) - 1)
+    step = (values.abs().amax(dim=-1, keepdim=True) / (2 ** (bits - 1) - 1)).half().float()  # a 16-bit scale
     codes = back / step
     assert torch.allclose(codes, codes.round(), atol=1e-4)
     assert codes.abs().max() <= 2 ** (bits - 1) - 1 + 1e-4
@@ -47,3 +47,8 @@ def test_double_sparsity_scores_against_its_stored_label_cache():
     assert charged == pytest.approx(30 * (4 * 4 / 16 + 1) / 16)  # 30 tokens' codes and scales, over K+V rows
     with pytest.raises(ValueError, match="bits"):
         make_policy("double-sparsity", ranking=ranking, bits=2)
+
+
+def test_a_key_is_stored_alike_whatever_dtype_it_arrives_in():
+    values = torch.randn(4, 32, generator=torch.Generator().manual_seed(1)).bfloat16()
+    assert torch.equal(stored(values, 8), stored(values.float(), 8).bfloat16())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import replace
 
 import pytest
@@ -70,6 +71,8 @@ def test_resume_continues_from_the_saved_step(tiny_lm, tmp_path):
     assert [h["step"] for h in history] == list(range(1, 13))
     fresh = train(tiny_lm, chunks(), tmp_path / "fresh", CONFIG, progress=False)[1]
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in fresh], rel=1e-5)
+    with pytest.raises(ValueError, match="key_bits"):
+        train(tiny_lm, chunks(), tmp_path, replace(CONFIG, key_bits=8), progress=False)
 
 
 def test_overheads_are_within_the_design_limits(tiny_lm):
@@ -158,8 +161,10 @@ def test_queries_rotate_each_head_by_its_own_pairs_and_follow_new_pairs(tmp_path
             c, s = cos[0][:, cols], sin[0][:, cols]
             assert torch.allclose(got[0, head], torch.cat([x * c - y * s, y * c + x * s], -1), atol=1e-6)
     loaded = Predictor.load(predictor.save(tmp_path / "p"))
+    copied = pickle.loads(pickle.dumps(predictor))  # e.g. to another process
     for layer in range(cfg.num_layers):
         assert torch.equal(loaded.key_channels(layer), predictor.key_channels(layer))
+        assert torch.equal(copied.key_channels(layer), predictor.key_channels(layer))
 
 
 def test_key_channels_stored_at_8_bits_are_what_training_and_decoding_score(tiny_lm) -> None:

@@ -1,8 +1,8 @@
 """Training data for the predictor: prompts cut from the 'train' split and their true importance, cached.
 
 The expensive part is one forward + backward per prompt; the result (layer-0 features, every pooling, and
-per-layer normalized targets) is cached under runs/shadow/ keyed by the model, the criterion and the prompts, so
-retraining the small network costs seconds.
+per-layer normalized targets) is cached under runs/shadow/ keyed by the model, the criterion, the prompts and
+the continuation, so retraining the small network costs seconds.
 """
 
 from __future__ import annotations
