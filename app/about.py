@@ -48,8 +48,8 @@ def predictor_overheads(lm: LoadedModel) -> str:
         "| cost | value |", "|---|---|",
         f"| predictor parameters | {cost['parameters']:,} ({cost['parameter_share']:.2%} of the base model's "
         f"{lm.parameter_count:,}) |",
-        f"| extra cache per token | {cost['cache_values_per_token']:,} values ({cost['cache_share']:.2%} of the "
-        "KV cache) |",
+        f"| extra cache per token | {cost['cache_values_per_token']:,.0f} 16-bit values "
+        f"({cost['cache_share']:.2%} of the KV cache) |",
         f"| producers | layers {', '.join(map(str, cfg.producer_layers))}, each predicting {cfg.group_layers} layers |",
         f"| importance query size | {cfg.dim} per head |",
     ])

@@ -17,6 +17,7 @@ from core.chatdata import generate_chat
 from core.data import corpus_stats, token_chunks
 from core.decode import GenerationConfig, generate
 from core.eval.cli import add_evaluate_command
+from core.keysummary import SUMMARY_BITS
 from core.models import load
 from core.policies import make_policy, policy_names
 from core.policies.double_sparsity import DEFAULT_DIR as CHANNELS_DIR
@@ -34,11 +35,12 @@ TRAIN_FLAGS = {  # TrainConfig fields given as flags -> help (type and default c
     "dim": "importance query/key dimension",
     "inner": None,
     "group_layers": "layers each producer predicts",
+    "key_bits": "bits each stored key channel takes in the extra cache (16, 8 or 4)",
     "seed": None,
     "save_every": None,
     "schedule": "sequence lengths over training, e.g. 512x1000,2048x500,4096x400 (overrides --seq-len/--steps)",
 }
-TRAIN_CHOICES = {"loss": list(LOSSES)}
+TRAIN_CHOICES = {"loss": list(LOSSES), "key_bits": list(SUMMARY_BITS)}
 
 
 def load_for(args: argparse.Namespace):
@@ -88,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     over = predictor.overheads(lm.spec, lm.parameter_count)
     print(
         f"saved to {args.out}: {over['parameters']:,} parameters ({over['parameter_share']:.2%} of the base model), "
-        f"extra cache {over['cache_values_per_token']} values/token ({over['cache_share']:.1%} of the KV cache); "
+        f"extra cache {over['cache_values_per_token']:,.0f} 16-bit values/token "
+        f"({over['cache_share']:.1%} of the KV cache); "
         f"last loss {history[-1]['loss']:.4f}, hit accuracy {history[-1]['hit_accuracy']:.3f}"
     )
     return 0
@@ -183,8 +186,8 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for name, text in TRAIN_FLAGS.items():
         default = defaults[name]
-        kind = {"type": type(default)} if name not in TRAIN_CHOICES else {"choices": TRAIN_CHOICES[name]}
-        tr.add_argument("--" + name.replace("_", "-"), default=default, help=text, **kind)
+        choices = {"choices": TRAIN_CHOICES[name]} if name in TRAIN_CHOICES else {}
+        tr.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, help=text, **choices)
     tr.add_argument("--sources", default="", help="comma list of corpus sources (default: all installed)")
     tr.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     tr.set_defaults(func=cmd_train)

@@ -24,6 +24,7 @@ COLORS: dict[str, str] = {
     "plainact": "#444444",
     "fisher": "#9467bd",
     "magnitude": "#d62728",
+    "contribution": "#8c564b",
     "static": "#1f77b4",
 }
 FALLBACK = ("#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_weights, read_config, save_network
+from core.keysummary import check_bits, stored, values_per_token
 from core.spec import ModelSpec, parameter_count
 
 WEIGHTS_FILE = "predictor.safetensors"
@@ -44,6 +45,7 @@ class PredictorConfig:
     inner: int = 128
     group_layers: int = 4
     first_layer: int = 1
+    key_bits: int = 16  # how the key channels are stored in the extra cache (16, 8 or 4: core.keysummary)
 
     @classmethod
     def for_spec(cls, spec: ModelSpec, **overrides) -> PredictorConfig:
@@ -80,6 +82,11 @@ class Producer(nn.Module):
         return self.down(nn.functional.silu(self.up(self.norm(hidden))))
 
 
+def _reindex_pairs(predictor: Predictor, _incompatible) -> None:
+    """After a state dict is loaded, rebuild the index tables from the loaded pairs."""
+    predictor._index_pairs()
+
+
 class Predictor(nn.Module):
     """All producers plus the calibrated key channels; scores every predicted layer's past tokens."""
 
@@ -87,6 +94,7 @@ class Predictor(nn.Module):
         super().__init__()
         if config.dim % 2 or config.dim > config.head_dim:
             raise ValueError(f"dim must be even and <= head_dim ({config.head_dim}), got {config.dim}.")
+        check_bits(config.key_bits)
         self.config = config
         per_layer = config.num_heads * config.dim
         self.producers = nn.ModuleDict(
@@ -97,6 +105,18 @@ class Predictor(nn.Module):
         )
         default_pairs = torch.arange(config.dim // 2).expand(config.num_layers, config.num_kv_heads, -1)
         self.register_buffer("pairs", default_pairs.clone())
+        self.register_buffer("channels", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("rope_columns", torch.empty(0, dtype=torch.long), persistent=False)
+        self._index_pairs()
+        self.register_load_state_dict_post_hook(_reindex_pairs)
+
+    def _index_pairs(self) -> None:
+        """Index tables derived from `pairs`, built once instead of at every decode step: `channels`
+        [L, Hkv, dim] of the real key (each pair's first half, then its second halves) and
+        `rope_columns` [L, Hq, dim/2] of the RoPE tables each query head's pairs rotate by."""
+        group = self.config.num_heads // self.config.num_kv_heads
+        self.channels = torch.cat([self.pairs, self.pairs + self.config.head_dim // 2], dim=-1)
+        self.rope_columns = self.pairs.repeat_interleave(group, dim=1).contiguous()
 
     def layers_of(self, producer: int) -> list[int]:
         """Layers whose queries producer `producer` predicts."""
@@ -104,37 +124,41 @@ class Predictor(nn.Module):
         return list(range(producer, last))
 
     def set_pairs(self, pairs: torch.Tensor) -> None:
-        """Install calibrated RoPE pairs [num_layers, num_kv_heads, dim/2]."""
+        """Install calibrated RoPE pairs [num_layers, num_kv_heads, dim/2]: the one way to change `pairs`
+        besides loading a state dict (both rebuild the index tables derived from them)."""
         self.pairs.copy_(pairs.to(self.pairs))
+        self._index_pairs()
 
     def key_channels(self, layer: int) -> torch.Tensor:
         """[Hkv, dim] channel indices of the real key: the selected pairs' first halves, then second halves."""
-        pairs = self.pairs[layer]
-        return torch.cat([pairs, pairs + self.config.head_dim // 2], dim=-1)
+        return self.channels[layer]
 
     def project_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
-        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim] (what the extra cache would hold)."""
-        idx = self.key_channels(layer).to(key.device)
-        return torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim]: what the extra cache holds, read back
+        at its `key_bits` (training sees the same stored keys as decoding)."""
+        idx = self.channels[layer].to(key.device)
+        picked = torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+        return stored(picked, self.config.key_bits)
 
     def queries(self, producer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict:
-        """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin."""
+        """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin.
+
+        Rotated in the producer's own layout [B, T, G, Hq, dim], with the RoPE tables read at every
+        head's pairs by one index, and only then viewed per layer (the same values as rotating per head)."""
         cfg = self.config
         out = self.producers[str(producer)](hidden.to(self.producers[str(producer)].up.weight.dtype))
         b, t = hidden.shape[:2]
         layers = self.layers_of(producer)
-        out = out.view(b, t, len(layers), cfg.num_heads, cfg.dim).permute(2, 0, 3, 1, 4)  # [G, B, Hq, T, dim]
-        half = cfg.dim // 2
-        group = cfg.num_heads // cfg.num_kv_heads
-        pairs = self.pairs[layers].repeat_interleave(group, dim=1).to(cos.device)  # [G, Hq, half]
-        index = pairs[:, None, :, None, :].expand(-1, b, -1, t, -1)  # [G, B, Hq, T, half]
+        g, half = len(layers), cfg.dim // 2
+        out = out.view(b, t, g, cfg.num_heads, cfg.dim)
+        columns = self.rope_columns[layers[0] : layers[-1] + 1].reshape(-1).to(cos.device)
 
-        def at_pairs(table: torch.Tensor) -> torch.Tensor:  # [B, T, head_dim] -> [G, B, Hq, T, half]
-            return table[None, :, None].expand(len(layers), -1, cfg.num_heads, -1, -1).gather(-1, index)
+        def at_pairs(table: torch.Tensor) -> torch.Tensor:  # [B, T, head_dim] -> [B, T, G, Hq, half]
+            return table.index_select(-1, columns).view(table.shape[0], t, g, cfg.num_heads, half).to(out.dtype)
 
-        c, s = at_pairs(cos).to(out.dtype), at_pairs(sin).to(out.dtype)
+        c, s = at_pairs(cos), at_pairs(sin)
         x, y = out[..., :half], out[..., half:]
-        rotated = torch.cat([x * c - y * s, y * c + x * s], dim=-1)
+        rotated = torch.cat([x * c - y * s, y * c + x * s], dim=-1).permute(2, 0, 3, 1, 4)  # [G, B, Hq, T, dim]
         return {layer: rotated[i] for i, layer in enumerate(layers)}
 
     def scores(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -168,7 +192,8 @@ class Predictor(nn.Module):
 
     def overheads(self, spec: ModelSpec, base_parameters: int) -> dict[str, float]:
         """Parameters relative to the base model and extra per-token cache relative to its KV cache."""
-        extra_cache = len(self.config.predicted_layers) * self.config.num_kv_heads * self.config.dim
+        per_head = values_per_token(self.config.dim, self.config.key_bits)
+        extra_cache = len(self.config.predicted_layers) * self.config.num_kv_heads * per_head
         return {
             "parameters": self.parameter_count(),
             "parameter_share": self.parameter_count() / base_parameters,

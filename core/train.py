@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from core.attention import SparseSession, activate
 from core.budget import Budget
-from core.checkpoint import replacing
+from core.checkpoint import CONFIG_FILE, replacing
 from core.metrics import hit_accuracy
 from core.models import LoadedModel
 from core.policies import make_policy
@@ -53,6 +53,7 @@ class TrainConfig:
     dim: int = 16
     inner: int = 128
     group_layers: int = 4
+    key_bits: int = 16  # the key channels stored at 16, 8 or 4 bits (more channels in the same bytes)
     seed: int = 0
     calib_chunks: int = 4
     save_every: int = 100
@@ -198,13 +199,19 @@ def train(
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     total_steps = config.total_steps
-    pconf = PredictorConfig.for_spec(lm.spec, dim=config.dim, inner=config.inner, group_layers=config.group_layers)
+    pconf = PredictorConfig.for_spec(lm.spec, dim=config.dim, inner=config.inner, group_layers=config.group_layers,
+                                     key_bits=config.key_bits)
     model = Predictor(pconf)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, config.warmup))
     state_path = out / STATE_FILE
     start, history, tokens, wall = 0, [], 0, 0.0
     if resume and state_path.is_file():
+        saved, wanted = asdict(PredictorConfig(**json.loads((out / CONFIG_FILE).read_text())["config"])), asdict(pconf)
+        if saved != wanted:
+            changed = sorted(k for k in wanted if saved[k] != wanted[k])
+            raise ValueError(f"The checkpoint in {out} is a predictor with other {', '.join(changed)}; pass the flags "
+                             "it was trained with to resume it, or --restart to start over.")
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["predictor"])
         optimizer.load_state_dict(state["optimizer"])

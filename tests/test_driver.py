@@ -11,8 +11,8 @@ import torch
 from core.budget import Budget
 from core.decode import GenerationConfig, forward_teacher, generate
 from core.policies import UnknownPolicyError, make_policy
-from core.policies.base import LayerView, Policy, pool_group
-from core.policies.driver import decode_selection, protection, scorer_ranks
+from core.policies.base import LayerView, Policy, ascending_positions, pool_group
+from core.policies.driver import decode_selection, newest_rows, protection, scorer_ranks
 
 
 @dataclass
@@ -98,3 +98,16 @@ def test_decode_step_keeps_what_the_teacher_ranks_keep(keep) -> None:
     assert 15 in chosen, "the current token is always read"
     if keep >= 6:
         assert {0, 1, 12, 13, 14, 15} <= set(chosen)
+
+
+def test_protected_tokens_are_read_once_even_when_every_other_score_is_minus_infinity() -> None:
+    policy = make_policy("oracle", sinks=2, recent=3)
+    pooled = torch.full((1, 2, 12), float("-inf"))
+    pooled[..., 5] = 1.0
+    assert newest_rows(policy, pooled, 7).tolist() == [[[0, 1, 2, 5, 9, 10, 11]] * 2]
+
+
+def test_ascending_positions_of_a_strided_mask() -> None:
+    chosen = torch.tensor([[1, 0, 1, 0, 1, 0], [0, 1, 1, 0, 0, 1]], dtype=torch.bool).T.contiguous().T
+    assert not chosen.is_contiguous()
+    assert ascending_positions(chosen, 3).tolist() == [[0, 2, 4], [1, 2, 5]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import replace
 
 import pytest
@@ -70,6 +71,8 @@ def test_resume_continues_from_the_saved_step(tiny_lm, tmp_path):
     assert [h["step"] for h in history] == list(range(1, 13))
     fresh = train(tiny_lm, chunks(), tmp_path / "fresh", CONFIG, progress=False)[1]
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in fresh], rel=1e-5)
+    with pytest.raises(ValueError, match="key_bits"):
+        train(tiny_lm, chunks(), tmp_path, replace(CONFIG, key_bits=8), progress=False)
 
 
 def test_overheads_are_within_the_design_limits(tiny_lm):
@@ -134,3 +137,45 @@ def test_a_schedule_trains_each_phase_on_chunks_of_its_length(tiny_lm, tmp_path)
         train(tiny_lm, chunks(4, 32), tmp_path / "x", replace(config, schedule="48x2"), progress=False)
     with pytest.raises(ValueError, match="schedule must look like"):
         replace(CONFIG, schedule="512:100").phases()
+
+
+def test_queries_rotate_each_head_by_its_own_pairs_and_follow_new_pairs(tmp_path) -> None:
+    """The producer's queries are its output rotated, per head, by the RoPE angles of that head's KV
+    pairs; the index tables follow `set_pairs` and a save/load round trip."""
+    torch.manual_seed(2)
+    predictor = small_predictor(num_heads=4)
+    cfg = predictor.config
+    pairs = torch.stack([torch.randperm(cfg.head_dim // 2)[: cfg.dim // 2].sort().values for _ in range(8)])
+    predictor.set_pairs(pairs.view(cfg.num_layers, cfg.num_kv_heads, -1))
+    hidden = torch.randn(1, 3, cfg.hidden_size)
+    cos, sin = torch.randn(1, 3, cfg.head_dim), torch.randn(1, 3, cfg.head_dim)
+    producer = cfg.producer_layers[0]
+    out = predictor.producers[str(producer)](hidden).view(1, 3, -1, cfg.num_heads, cfg.dim)
+    half, group = cfg.dim // 2, cfg.num_heads // cfg.num_kv_heads
+    for i, (layer, got) in enumerate(predictor.queries(producer, hidden, cos, sin).items()):
+        first = predictor.pairs[layer]
+        assert torch.equal(predictor.key_channels(layer), torch.cat([first, first + cfg.head_dim // 2], -1))
+        for head in range(cfg.num_heads):
+            cols = predictor.pairs[layer, head // group]
+            x, y = out[0, :, i, head, :half], out[0, :, i, head, half:]
+            c, s = cos[0][:, cols], sin[0][:, cols]
+            assert torch.allclose(got[0, head], torch.cat([x * c - y * s, y * c + x * s], -1), atol=1e-6)
+    loaded = Predictor.load(predictor.save(tmp_path / "p"))
+    copied = pickle.loads(pickle.dumps(predictor))  # e.g. to another process
+    for layer in range(cfg.num_layers):
+        assert torch.equal(loaded.key_channels(layer), predictor.key_channels(layer))
+        assert torch.equal(copied.key_channels(layer), predictor.key_channels(layer))
+
+
+def test_key_channels_stored_at_8_bits_are_what_training_and_decoding_score(tiny_lm) -> None:
+    from core.keysummary import stored
+
+    config = PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2, key_bits=8)
+    predictor = Predictor(config)
+    key = torch.randn(1, tiny_lm.spec.num_kv_heads, 12, tiny_lm.spec.head_dim)
+    picked = torch.gather(key, -1, predictor.key_channels(1)[None, :, None, :].expand(1, -1, 12, -1))
+    assert torch.equal(predictor.project_keys(1, key), stored(picked, 8))
+    over = predictor.overheads(tiny_lm.spec, 10**6)
+    assert over["cache_values_per_token"] == (tiny_lm.spec.num_layers - 1) * tiny_lm.spec.num_kv_heads * (8 / 2 + 1)
+    with pytest.raises(ValueError, match="bits"):
+        Predictor(replace(config, key_bits=5))

@@ -232,7 +232,7 @@ def test_the_page_handler_draws_every_figure(tiny_lm, trained):
     updates = handler("The quick brown fox jumps over the lazy dog.", 0.5, 0.0, "global")
     summary, *figures = (updates[component] for component in outputs)
     assert "perplexity" in summary.lower() and len(figures) == 4
-    assert f"trained to rank units by **{trained[1].config.criterion}**" in summary
+    assert f"trained to rank units by **{trained[1].config.criterion} of the prompt itself**" in summary
     assert all(f"| {label} |" in summary for label in ("predicted", "true plainact", "static mask", "magnitude"))
     assert all(fig.data for fig in figures)
 
@@ -271,3 +271,39 @@ def test_the_page_reports_bad_input_as_a_message_not_a_trace(tiny_lm, trained, m
         handler("a long prompt of more than twenty characters", 0.5, 0.0, "global")
     with pytest.raises(gr.Error, match="scope"):
         handler("some text", 0.5, 0.0, "rows")
+
+
+@pytest.mark.parametrize("unit", ["heads", "neurons"])
+def test_contribution_is_what_removing_the_unit_takes_from_its_layers_output(tiny_lm, unit):
+    """o_proj / down_proj are linear: removing one unit changes the layer's output by exactly W_u a_u, so the
+    criterion equals the mean norm of that change (downstream layers aside)."""
+    ids = token_ids(1, 12, seed=5)
+    layer, index = 2, 3
+    module = tiny_lm.model.model.layers[layer]
+    proj = module.self_attn.o_proj if unit == "heads" else module.mlp.down_proj
+    outputs = []
+    handle = proj.register_forward_hook(lambda _, __, out: outputs.append(out.detach()))
+    dense = ShadowMask.dense(tiny_lm.spec)
+    removed = ShadowMask(dense.heads.clone(), dense.neurons.clone())
+    getattr(removed, unit)[layer, index] = 0
+    try:
+        for mask in (dense, removed):
+            logits(tiny_lm, ids, mask)
+    finally:
+        handle.remove()
+    want = (outputs[0] - outputs[1])[0].norm(dim=-1).mean()
+    got = getattr(capture(tiny_lm, ids, ["contribution"]).scores["contribution"], unit)[0, layer, index]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_continuation_targets_take_features_from_the_prompt_and_importance_from_what_follows(tiny_lm):
+    ids = token_ids(2, 20, seed=7)
+    split = capture(tiny_lm, ids, ["magnitude"], prompt_len=12)
+    prompt, whole = capture(tiny_lm, ids[:, :12], ["magnitude"]), capture(tiny_lm, ids, ["magnitude"])
+    for pool, features in prompt.features.items():  # causal: the prompt's layer-0 states do not see the rest
+        torch.testing.assert_close(split.features[pool], features, rtol=1e-5, atol=1e-6)
+    for unit in ("heads", "neurons"):  # the mean over the 8 tokens after the prompt
+        by_hand = (20 * getattr(whole.scores["magnitude"], unit) - 12 * getattr(prompt.scores["magnitude"], unit)) / 8
+        torch.testing.assert_close(getattr(split.scores["magnitude"], unit), by_hand, rtol=1e-4, atol=1e-5)
+    with pytest.raises(PromptError, match="continuation"):
+        capture(tiny_lm, ids, ["magnitude"], prompt_len=19)

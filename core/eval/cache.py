@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 import torch
@@ -88,12 +88,16 @@ def policy_digest(policy: Policy) -> str:
 
 
 def module_digest(module: torch.nn.Module) -> str:
-    """A trained module's identity: its parameters and buffers (the first 4,096 values of each)."""
-    return digest(*(t.detach().flatten()[:4096].float() for t in module.state_dict().values()))
+    """A trained module's identity: its config (e.g. how a predictor stores its keys) and its parameters and
+    buffers (the first 4,096 values of each)."""
+    config = getattr(module, "config", None)
+    described = asdict(config) if is_dataclass(config) else config
+    return digest(described, *(t.detach().flatten()[:4096].float() for t in module.state_dict().values()))
 
 
 PACKAGE = Path(__file__).resolve().parent.parent
-MEASURING_CODE = ("attention.py", "budget.py", "capture.py", "decode.py", "kvcache.py", "metrics.py", "models.py",
+MEASURING_CODE = ("attention.py", "budget.py", "capture.py", "decode.py", "keysummary.py", "kvcache.py", "metrics.py",
+                  "models.py",
                   "eval/measure.py", "policies/base.py", "policies/driver.py", "kernels/*.py")
 
 

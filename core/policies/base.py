@@ -93,21 +93,24 @@ def topk_sorted(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the `keep` best scores along the last dim, ascending (cache order).
 
     Ties go to the earlier token, exactly as in `descending_ranks`, so decoding and teacher forcing
-    agree even for page-constant scores (Quest). The fast top-k (numpy's introselect on CPU, about 3x
-    torch.topk there) is used unless a tie straddles the cut."""
-    if scores.device.type == "cpu" and scores.dtype == torch.float32:
-        values = scores.detach().numpy()
-        picked = np.sort(np.argpartition(values, values.shape[-1] - keep, axis=-1)[..., -keep:], axis=-1)
-        chosen = np.take_along_axis(values, picked, axis=-1)
-        cut = chosen.min(axis=-1, keepdims=True)
-        if ((values == cut).sum(-1) == (chosen == cut).sum(-1)).all():
-            return torch.from_numpy(picked)
-    else:
-        top = scores.topk(keep, dim=-1)
-        cut = top.values[..., -1:]
-        if bool(((scores == cut).sum(-1) == (top.values == cut).sum(-1)).all()):
-            return top.indices.sort(dim=-1).values
+    agree even for page-constant scores (Quest). The fast path finds each row's cut with an unsorted
+    top-k and reads the tokens at or above it in cache order (no sort), unless a tie straddles the
+    cut; the stable full sort settles that case."""
+    cut = scores.topk(keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    chosen = scores >= cut
+    if bool((chosen.sum(-1) == keep).all()):
+        return ascending_positions(chosen, keep)
     return scores.argsort(dim=-1, descending=True, stable=True)[..., :keep].sort(dim=-1).values
+
+
+def ascending_positions(chosen: torch.Tensor, count: int) -> torch.Tensor:
+    """[..., T] bool with `count` True per row -> [..., count] their positions, ascending (numpy's
+    flat nonzero on CPU: ~5x torch's there)."""
+    if chosen.device.type == "cpu":
+        flat = torch.from_numpy(np.flatnonzero(chosen.numpy()))
+    else:
+        flat = chosen.flatten().nonzero().squeeze(-1)
+    return flat.view(*chosen.shape[:-1], count) % chosen.shape[-1]
 
 
 def descending_ranks(values: torch.Tensor) -> torch.Tensor:

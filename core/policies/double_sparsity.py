@@ -9,7 +9,8 @@ and nothing is evicted.
 Departures, for this model's grouped-query attention: channels are ranked per KV head (the mean over
 its group's query heads), so one label cache serves the group, and the group's approximate attention
 is pooled by its mean. The default 16 channels of 64 read as many bytes per token as TokenButler's
-key cache (the paper's ratio, 1/8 of the head dimension, would be 8).
+key cache (the paper's ratio, 1/8 of the head dimension, would be 8). The label cache may be stored at
+8 or 4 bits (`bits`, `core.keysummary`), as the paper's does at 4, to fit more channels in those bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError, load_weights, read_config, save_network
+from core.keysummary import check_bits, stored, values_per_token
 from core.policies.base import LayerView, Policy
 from core.spec import ModelSpec, weights_fingerprint
 
@@ -74,6 +76,7 @@ class DoubleSparsityPolicy(Policy):
     pool = "mean"
 
     channels: int = 16
+    bits: int = 16  # how the label cache is stored (16, 8 or 4 bits)
     ranking: ChannelRanking | str | Path | None = None  # None: the shipped calibration; a path: one saved there
     labels: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)  # layer -> label cache
     channel_index: dict[tuple, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
@@ -81,6 +84,7 @@ class DoubleSparsityPolicy(Policy):
     def __post_init__(self) -> None:
         if self.channels < 1:
             raise ValueError(f"Double Sparsity needs at least one channel, got {self.channels}.")
+        check_bits(self.bits)
         if not isinstance(self.ranking, ChannelRanking):
             self.ranking = shipped_ranking() if self.ranking is None else ChannelRanking.load(self.ranking)
 
@@ -103,8 +107,8 @@ class DoubleSparsityPolicy(Policy):
         return []
 
     def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
-        """The label cache, read whole at every step: `channels` values per past token."""
-        return float(past.sum()) * min(self.channels, head_dim) / (2 * head_dim)
+        """The label cache, read whole at every step: `channels` codes (and a scale below 16 bits) per past token."""
+        return float(past.sum()) * values_per_token(min(self.channels, head_dim), self.bits) / (2 * head_dim)
 
     def _chosen(self, layer: int, channels: int, device: torch.device) -> torch.Tensor:
         """[Hkv, r] the layer's calibrated channels on `device`, looked up once per layer."""
@@ -119,7 +123,7 @@ class DoubleSparsityPolicy(Policy):
         index = chosen[None, :, None, :]
 
         def gather(keys: torch.Tensor) -> torch.Tensor:
-            return torch.gather(keys.float(), -1, index.expand(*keys.shape[:3], -1))
+            return stored(torch.gather(keys.float(), -1, index.expand(*keys.shape[:3], -1)), self.bits)
 
         t = view.context
         if not (view.positions.numel() == 1 and int(view.positions[0]) == t - 1):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from core.budget import Budget
-from core.policies.base import LayerView, Policy, descending_ranks, pool_group, topk_sorted
+from core.policies.base import LayerView, Policy, ascending_positions, descending_ranks, pool_group, topk_sorted
 
 
 @dataclass
@@ -54,19 +54,20 @@ def scorer_ranks(policy: Policy, view: LayerView) -> tuple[torch.Tensor, torch.T
 
 def newest_rows(policy: Policy, pooled: torch.Tensor, keep: int) -> torch.Tensor | None:
     """A scorer's decode step by slices: pooled scores [..., T] of the newest row -> [..., keep] indices,
-    or None when protection alone exceeds `keep`."""
+    or None when protection alone exceeds `keep`. The sinks come first and the recent window last in
+    cache order, so the best-scored tokens between them need no sort after their own."""
     t = pooled.shape[-1]
     first_recent = max(0, t - max(policy.recent, 1))
-    protected = torch.cat([torch.arange(min(policy.sinks, first_recent), device=pooled.device),
-                           torch.arange(first_recent, t, device=pooled.device)])
-    rest = keep - protected.numel()
+    sinks = min(policy.sinks, first_recent)
+    rest = keep - sinks - (t - first_recent)
     if rest < 0:
         return None
-    fixed = protected.expand(*pooled.shape[:-1], -1)
-    if rest == 0:
-        return fixed
-    free = pooled.index_fill(-1, protected, float("-inf"))
-    return torch.cat([fixed, topk_sorted(free, rest)], dim=-1).sort(dim=-1).values
+    shape = (*pooled.shape[:-1], -1)
+    parts = [torch.arange(sinks, device=pooled.device).expand(shape)]
+    if rest > 0:
+        parts.append(topk_sorted(pooled[..., sinks:first_recent], rest) + sinks)
+    parts.append(torch.arange(first_recent, t, device=pooled.device).expand(shape))
+    return torch.cat(parts, dim=-1)
 
 
 def prefill_state(policy: Policy, view: LayerView, budget: Budget) -> Any:
@@ -76,7 +77,7 @@ def prefill_state(policy: Policy, view: LayerView, budget: Budget) -> Any:
 
 def mask_indices(kept: torch.Tensor) -> torch.Tensor:
     """[B, Hkv, T] bool with the same count per head -> [B, Hkv, K] ascending indices."""
-    return kept.float().topk(int(kept[0, 0].sum()), dim=-1).indices.sort(dim=-1).values
+    return ascending_positions(kept, int(kept[0, 0].sum()))
 
 
 def decode_selection(policy: Policy, state: Any, view: LayerView, keep: int, want_scores: bool = False) -> Selection:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError
+from core.keysummary import values_per_token
 from core.policies.base import LayerView, Policy
 from core.policies.driver import newest_rows
 from core.predictor import DEFAULT_DIR, Predictor
@@ -63,8 +64,10 @@ class TokenButlerPolicy(Policy):
         return (DEFAULT_DIR / CONFIG_FILE).is_file()
 
     def side_reads(self, past: torch.Tensor, kept: torch.Tensor, head_dim: int) -> float:
-        """The predictor's key cache, read whole at every step: `dim` values per past token."""
-        return float(past.sum()) * self.predictor.config.dim / (2 * head_dim)
+        """The predictor's key cache, read whole at every step: `dim` channels per past token (codes and a
+        scale when stored below 16 bits)."""
+        config = self.predictor.config
+        return float(past.sum()) * values_per_token(config.dim, config.key_bits) / (2 * head_dim)
 
     def _check_model(self, model: torch.nn.Module) -> None:
         """Refuse a predictor trained for another base model (once per model object)."""

@@ -36,7 +36,7 @@ class PromptAnalysis:
     head_sparsity: float
     neuron_sparsity: float
     scope: str
-    criterion: str  # what the predictor was trained to rank by
+    criterion: str  # what the predictor was trained to rank by, in words
     scores: dict[str, UnitScores]  # SHOWN methods
     masks: dict[str, ShadowMask]  # SHOWN methods at the chosen sparsities
     dense_ppl: float
@@ -107,7 +107,7 @@ def analyze_prompt(lm: LoadedModel, predictor: ShadowPredictor, prompt: str, hea
     curves = {unit: {m: [next(curve_ppl) for _ in SWEEP] for m in CURVE_METHODS} for unit in ("heads", "neurons")}
     return PromptAnalysis(
         tokens=ids.shape[1], head_sparsity=head_sparsity, neuron_sparsity=neuron_sparsity, scope=scope,
-        criterion=predictor.config.criterion,
+        criterion=predictor.config.target,
         scores={m: scores[m] for m in SHOWN}, masks=chosen, dense_ppl=ppl[0],
         chosen_ppl=dict(zip(SHOWN, ppl[1 : 1 + len(SHOWN)], strict=True)), curves=curves,
         departure=departure_from_static(scores, chosen),

@@ -10,7 +10,7 @@ from core.args import add_model_args, split_csv, split_ints
 from core.models import load
 from core.shadow.dataset import CACHE_DIR, cached_targets, training_prompts
 from core.shadow.evaluate import ShadowEvalConfig, heldout_windows, run_shadow_evaluation
-from core.shadow.importance import GRADIENT_CRITERIA, POOLS
+from core.shadow.importance import CRITERIA, POOLS
 from core.shadow.methods import METHODS
 from core.shadow.predictor import DEFAULT_DIR, ShadowConfig, ShadowPredictor
 from core.shadow.report import markdown_report, write_results
@@ -27,10 +27,12 @@ def _floats(text: str) -> tuple[float, ...]:
 def cmd_shadow_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     lm = load(args.model, args.device, args.dtype)
-    prompts = training_prompts(lm, args.prompts, args.lengths, args.seed)
-    data = cached_targets(lm, prompts, args.criterion, args.batch_size, args.cache_dir)
+    prompts = training_prompts(lm, args.prompts, args.lengths, args.seed, args.continuation)
+    data = cached_targets(lm, prompts, args.criterion, args.batch_size, args.cache_dir,
+                          continuation=args.continuation)
     captured = time.perf_counter()
-    predictor = ShadowPredictor(ShadowConfig.for_spec(lm.spec, criterion=args.criterion, pool=args.pool,
+    predictor = ShadowPredictor(ShadowConfig.for_spec(lm.spec, criterion=args.criterion,
+                                                      continuation=args.continuation, pool=args.pool,
                                                       width=args.width, neuron_rank=args.rank, dropout=args.dropout))
     config = ShadowTrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.train_batch, val_share=args.val_share,
                                seed=args.seed)
@@ -74,7 +76,9 @@ def add_shadow_commands(subparsers) -> None:
     tr.add_argument("--prompts", type=int, default=768, help="training prompts, from distinct 'train' chunks")
     tr.add_argument("--lengths", type=split_ints, default=split_ints(TRAIN_LENGTHS),
                     help="prompt lengths in tokens, cycled")
-    tr.add_argument("--criterion", choices=GRADIENT_CRITERIA, default="plainact")
+    tr.add_argument("--criterion", choices=CRITERIA, default="plainact", help="the importance the predictor learns")
+    tr.add_argument("--continuation", type=int, default=ShadowConfig.continuation,
+                    help="learn the importance of this many tokens after each prompt (0: of the prompt itself)")
     tr.add_argument("--batch-size", type=int, default=8, help="prompts per capture pass")
     tr.add_argument("--cache-dir", default=str(CACHE_DIR), help="where captured targets are cached")
     tr.add_argument("--epochs", type=int, default=ShadowTrainConfig.epochs)

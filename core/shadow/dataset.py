@@ -1,8 +1,8 @@
 """Training data for the predictor: prompts cut from the 'train' split and their true importance, cached.
 
 The expensive part is one forward + backward per prompt; the result (layer-0 features, every pooling, and
-per-layer normalized targets) is cached under runs/shadow/ keyed by the model, the criterion and the prompts, so
-retraining the small network costs seconds.
+per-layer normalized targets) is cached under runs/shadow/ keyed by the model, the criterion, the prompts and
+the continuation, so retraining the small network costs seconds.
 """
 
 from __future__ import annotations
@@ -42,24 +42,29 @@ class TargetSet:
         return UnitScores(self.targets.heads.mean(dim=0), self.targets.neurons.mean(dim=0))
 
 
-def training_prompts(lm: LoadedModel, count: int, lengths: Sequence[int], seed: int = 0) -> list[torch.Tensor]:
-    """`count` prompts from distinct 'train' chunks, their lengths cycling through `lengths` (held-out text never)."""
-    if count < 1 or not lengths or min(lengths) < 2:
-        raise ValueError(f"Need at least one prompt of at least 2 tokens, got count={count}, lengths={list(lengths)}.")
-    chunks = token_chunks(lm.tokenizer, "train", max(lengths), max_chunks=count, seed=seed)
-    return [chunk[: lengths[i % len(lengths)]] for i, chunk in enumerate(chunks)]
+def training_prompts(lm: LoadedModel, count: int, lengths: Sequence[int], seed: int = 0,
+                     continuation: int = 0) -> list[torch.Tensor]:
+    """`count` prompts from distinct 'train' chunks, their lengths cycling through `lengths` (held-out text never),
+    each followed by the `continuation` tokens its chunk goes on with."""
+    if count < 1 or not lengths or min(lengths) < 2 or continuation < 0 or 0 < continuation < 2:
+        raise ValueError(f"Need at least one prompt of at least 2 tokens and no or a 2+ token continuation, got "
+                         f"count={count}, lengths={list(lengths)}, continuation={continuation}.")
+    chunks = token_chunks(lm.tokenizer, "train", max(lengths) + continuation, max_chunks=count, seed=seed)
+    return [chunk[: lengths[i % len(lengths)] + continuation] for i, chunk in enumerate(chunks)]
 
 
 def collect_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], criterion: str = "plainact",
-                    batch_size: int = 8, progress: bool = True) -> TargetSet:
-    """True importance of each prompt (equal-length prompts batched), normalized within each layer."""
+                    batch_size: int = 8, progress: bool = True, continuation: int = 0) -> TargetSet:
+    """True importance of each prompt (equal-length prompts batched), normalized within each layer; with a
+    `continuation`, features from each prompt and importance from the tokens after it (`capture`)."""
     by_length: dict[int, list[int]] = defaultdict(list)
     for index, prompt in enumerate(prompts):
         by_length[len(prompt)].append(index)
     batches = [idx[i : i + batch_size] for idx in by_length.values() for i in range(0, len(idx), batch_size)]
     rows: list[dict[str, torch.Tensor]] = [{}] * len(prompts)
     for batch in tqdm(batches, desc=f"{criterion} targets", unit="batch", disable=not progress):
-        cap = capture(lm, torch.stack([prompts[i] for i in batch]), [criterion])
+        ids = torch.stack([prompts[i] for i in batch])
+        cap = capture(lm, ids, [criterion], prompt_len=ids.shape[1] - continuation if continuation else 0)
         scores = cap.scores[criterion].normalized()
         for row, index in enumerate(batch):
             rows[index] = {"heads": scores.heads[row], "neurons": scores.neurons[row],
@@ -79,13 +84,15 @@ def _to_tensors(data: TargetSet) -> dict[str, torch.Tensor]:
 
 
 def cached_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], criterion: str = "plainact",
-                   batch_size: int = 8, cache_dir: str | Path = CACHE_DIR, progress: bool = True) -> TargetSet:
-    """`collect_targets`, read from / written to `cache_dir` (keyed by model fingerprint, criterion and prompts)."""
-    key = digest(CACHE_FORMAT, lm.spec.fingerprint, criterion, *prompts)
+                   batch_size: int = 8, cache_dir: str | Path = CACHE_DIR, progress: bool = True,
+                   continuation: int = 0) -> TargetSet:
+    """`collect_targets`, read from / written to `cache_dir` (keyed by model fingerprint, criterion, prompts and
+    continuation)."""
+    key = digest(CACHE_FORMAT, lm.spec.fingerprint, criterion, continuation, *prompts)
     path = Path(cache_dir) / f"targets-{key}.pt"
     if path.is_file():
         return _from_tensors(torch.load(path))
-    targets = collect_targets(lm, prompts, criterion, batch_size, progress)
+    targets = collect_targets(lm, prompts, criterion, batch_size, progress, continuation)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(_to_tensors(targets), path)
     return targets

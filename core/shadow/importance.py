@@ -6,6 +6,8 @@ language-model loss, per unit and summed over the prompt's tokens:
 - plainact: |sum over the unit's dims of a * g|     (ShadowLLM's pick: good to prune by, easy to predict)
 - fisher:   (sum over the unit's dims of a * g)^2 / 2
 - magnitude: mean over tokens of ||a||_2              (DejaVu-like; needs no backward)
+- contribution: mean over tokens of ||W a||_2, W the unit's columns of o_proj / down_proj: what the unit
+  adds to the residual stream (activation-aware like Wanda; needs no backward)
 A neuron is a unit of width 1, so heads and neurons share one formula.
 
 Scores are compared after per-layer normalization: log(score / layer mean + NORMALIZE_EPS). Dividing by the
@@ -25,7 +27,7 @@ from torch import nn
 from core.decode import PromptError
 from core.models import LoadedModel
 
-CRITERIA = ("plainact", "fisher", "magnitude")
+CRITERIA = ("plainact", "fisher", "magnitude", "contribution")
 GRADIENT_CRITERIA = ("plainact", "fisher")
 POOLS = ("mean", "last")
 NORMALIZE_EPS = 0.01
@@ -90,25 +92,34 @@ def _recording(lm: LoadedModel) -> Iterator[dict[str, list[torch.Tensor]]]:
 
 
 def _unit_scores(
-    acts: torch.Tensor, grads: torch.Tensor | None, width: int, criteria: Sequence[str]
+    acts: torch.Tensor, grads: torch.Tensor | None, out_weight: torch.Tensor, width: int, criteria: Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """[B, T, U*width] activations (and gradients) -> {criterion: [B, U]} scores of U units of `width` dims.
+    """[B, T, U*width] activations (and gradients) -> {criterion: [B, U]} scores of U units of `width` dims;
+    `out_weight` [E, U*width] maps the activations to the residual stream.
 
     The activation x gradient contribution is formed once and shared by plainact and fisher."""
     a = acts.detach().float().unflatten(-1, (-1, width))
     contribution = None if grads is None else (a * grads.float().unflatten(-1, (-1, width))).sum(dim=-1)
+
+    def written() -> torch.Tensor:  # ||W_u a_u|| per token and unit: [B, T, U]
+        w = out_weight.detach().float().unflatten(-1, (-1, width))  # [E, U, width]
+        if width == 1:
+            return a[..., 0].abs() * w[..., 0].norm(dim=0)
+        return torch.einsum("btuw,euw->btue", a, w).norm(dim=-1)
+
     formulas = {
         "magnitude": lambda: a.norm(dim=-1).mean(dim=1),
+        "contribution": lambda: written().mean(dim=1),
         "plainact": lambda: contribution.abs().sum(dim=1),
         "fisher": lambda: contribution.pow(2).sum(dim=1) / 2,
     }
     return {c: formulas[c]() for c in criteria}
 
 
-def _layer_scores(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None], width: int,
-                  criteria: Sequence[str]) -> dict[str, torch.Tensor]:
+def _layer_scores(acts: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None],
+                  out_weights: Sequence[torch.Tensor], width: int, criteria: Sequence[str]) -> dict[str, torch.Tensor]:
     """Per-layer unit scores stacked to {criterion: [B, L, U]}."""
-    per_layer = [_unit_scores(a, g, width, criteria) for a, g in zip(acts, grads, strict=True)]
+    per_layer = [_unit_scores(a, g, w, width, criteria) for a, g, w in zip(acts, grads, out_weights, strict=True)]
     return {c: torch.stack([layer[c] for layer in per_layer], dim=1).cpu() for c in criteria}
 
 
@@ -118,26 +129,37 @@ def _lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return nll.mean(dim=1).sum()
 
 
-def capture(lm: LoadedModel, ids: torch.Tensor, criteria: Sequence[str] = CRITERIA) -> Capture:
+def capture(lm: LoadedModel, ids: torch.Tensor, criteria: Sequence[str] = CRITERIA, prompt_len: int = 0) -> Capture:
     """Scores of every head and neuron for each prompt of `ids` [B, T] (equal lengths), plus the predictor input.
 
-    The backward pass runs only when a gradient criterion is asked for and reaches only the recorded inputs.
+    With `prompt_len` > 0 the predictor input comes from the first `prompt_len` tokens and the scores from
+    the rest (the continuation: its activations, and the loss of predicting its tokens), so a predictor can
+    learn what the text after a prompt will need. The backward pass runs only when a gradient criterion is
+    asked for and reaches only the recorded inputs.
     """
     unknown = [c for c in criteria if c not in CRITERIA]
     if unknown:
         raise ValueError(f"Unknown importance criteria {unknown}; choose from {', '.join(CRITERIA)}.")
     ids = check_ids(ids).to(lm.device)
+    if not 0 <= prompt_len <= ids.shape[1] - 2:
+        raise PromptError(f"A continuation needs at least 2 tokens after the prompt: prompt_len {prompt_len}, "
+                          f"{ids.shape[1]} tokens.")
     needs_grad = any(c in GRADIENT_CRITERIA for c in criteria)
     embeds = lm.model.get_input_embeddings()(ids).detach().requires_grad_(needs_grad)
     with torch.set_grad_enabled(needs_grad), _recording(lm) as seen:
         logits = lm.model(inputs_embeds=embeds).logits
         acts = seen["heads"] + seen["neurons"]
-        grads = torch.autograd.grad(_lm_loss(logits, ids), acts) if needs_grad else [None] * len(acts)
+        loss = _lm_loss(logits[:, prompt_len:], ids[:, prompt_len:]) if needs_grad else None
+        grads = [g[:, prompt_len:] for g in torch.autograd.grad(loss, acts)] if needs_grad else [None] * len(acts)
+        acts = [a[:, prompt_len:] for a in acts]
     n = len(seen["heads"])
-    heads = _layer_scores(acts[:n], grads[:n], lm.spec.head_dim, criteria)
-    neurons = _layer_scores(acts[n:], grads[n:], 1, criteria)
+    layers = decoder_layers(lm)
+    heads = _layer_scores(acts[:n], grads[:n], [la.self_attn.o_proj.weight for la in layers], lm.spec.head_dim,
+                          criteria)
+    neurons = _layer_scores(acts[n:], grads[n:], [la.mlp.down_proj.weight for la in layers], 1, criteria)
     scores = {c: UnitScores(heads[c], neurons[c]) for c in criteria}
-    return Capture(features=pooled(seen["layer0"][0].detach().float().cpu()), scores=scores)
+    layer0 = seen["layer0"][0].detach().float().cpu()
+    return Capture(features=pooled(layer0[:, :prompt_len] if prompt_len else layer0), scores=scores)
 
 
 def pooled(layer0: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@
 - direct: the loss rise when each head (block of neurons) is removed alone (`core.shadow.direct`; the
   brute-force truth a criterion approximates, hundreds of forwards a prompt)
 - magnitude: the prompt's activation norms (DejaVu-like, an oracle of magnitude rather than a predictor)
+- contribution: the norm of what each unit writes to the residual stream over the prompt (an oracle, forward only)
 - static: the training prompts' average normalized plainact, the same for every input
 - random: seeded random scores
 """
@@ -23,8 +24,8 @@ from core.shadow.direct import ablation_measure, criterion_measure, removal_scor
 from core.shadow.importance import Capture, UnitScores
 from core.shadow.predictor import ShadowPredictor
 
-METHODS = ("predicted", "plainact", "plainact-raw", "plainact-iterative", "direct", "fisher", "magnitude", "static",
-           "random")
+METHODS = ("predicted", "plainact", "plainact-raw", "plainact-iterative", "direct", "fisher", "magnitude",
+           "contribution", "static", "random")
 NEEDS_PREDICTOR = ("predicted", "static")
 NEEDS_MODEL = ("plainact-iterative", "direct")  # they run the model again, under masks
 ROUNDS = 6  # rounds of plainact-iterative, each removing 1/6 of ...
@@ -41,7 +42,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 def criteria_for(methods: Sequence[str]) -> list[str]:
     """Importance criteria a capture pass must compute for these methods (plainact always: it is the reference)."""
-    return list(dict.fromkeys(["plainact", *(m for m in methods if m in ("fisher", "magnitude"))]))
+    return list(dict.fromkeys(["plainact", *(m for m in methods if m in ("fisher", "magnitude", "contribution"))]))
 
 
 def _rerun_scores(method: str, lm: LoadedModel, prompt: torch.Tensor) -> UnitScores:

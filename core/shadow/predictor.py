@@ -36,6 +36,7 @@ class ShadowConfig:
     fingerprint: str
     base_model: str
     criterion: str = "plainact"
+    continuation: int = 0  # targets from the tokens after each training prompt (0: from the prompt itself)
     pool: str = "mean"
     width: int = 512
     neuron_rank: int = 16
@@ -45,10 +46,20 @@ class ShadowConfig:
         if self.pool not in POOLS:
             raise ValueError(f"Unknown pooling {self.pool!r}; choose from {', '.join(POOLS)}.")
 
+    @property
+    def target(self) -> str:
+        """What the predictor learned, in words (the tab and the report say it)."""
+        return target_words(self.criterion, self.continuation)
+
     @classmethod
     def for_spec(cls, spec: ModelSpec, **overrides) -> ShadowConfig:
         return cls(num_layers=spec.num_layers, num_heads=spec.num_heads, intermediate_size=spec.intermediate_size,
                    hidden_size=spec.hidden_size, fingerprint=spec.fingerprint, base_model=spec.name, **overrides)
+
+
+def target_words(criterion: str, continuation: int) -> str:
+    span = f"the {continuation} tokens after each prompt" if continuation else "the prompt itself"
+    return f"{criterion} of {span}"
 
 
 def standardized(x: torch.Tensor) -> torch.Tensor:

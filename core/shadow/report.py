@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.palette import color
+from core.shadow.predictor import target_words
 
 METHOD_NOTES = {
     "predicted": "ShadowLLM predictor, from layer 0's output over the prompt ({pool} pooling)",
@@ -18,7 +19,8 @@ METHOD_NOTES = {
     "direct": "the prompt's loss rise when each head (block of 64 neurons) is removed alone: brute force",
     "fisher": "true fisher of the prompt (oracle: forward + backward)",
     "magnitude": "activation magnitude of the prompt (DejaVu-like oracle)",
-    "static": "one mask for every input: the training prompts' mean normalized plainact",
+    "contribution": "norm of what each unit writes to the residual stream over the prompt (oracle, forward only)",
+    "static": "one mask for every input: the training prompts' mean normalized {criterion}",
     "random": "random scores",
 }
 TITLES = {"heads": "Perplexity vs head sparsity (neurons dense)",
@@ -65,10 +67,11 @@ def markdown_report(doc: dict) -> str:
         f"the first {cfg['prompt_len']} tokens only; the mask (global ranking of per-layer normalized scores, layer 0 "
         f"dense) applies to the whole window; perplexity counts the last {proto['counted_tokens_per_window']} tokens. "
         f"Dense perplexity **{ppl['dense']:.2f}**. Predictor: {pred['parameters']:,} parameters "
-        f"({pred['parameter_share']:.2%} of the base model), trained on {pred['criterion']}. "
+        f"({pred['parameter_share']:.2%} of the base model), trained on "
+        f"{target_words(pred['criterion'], pred.get('continuation', 0))}. "
         f"Run time {doc['timing_s']:.0f} s.",
         "",
-        *(f"- **{m}**: {METHOD_NOTES[m].format(pool=pred['pool'])}" for m in cfg["methods"]),
+        *(f"- **{m}**: {METHOD_NOTES[m].format(**pred)}" for m in cfg["methods"]),
     ]
     for unit in ("heads", "neurons"):
         intervals = ppl.get("interval", {}).get("global", {}).get(unit, {})
