@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from core.data import token_chunks
 from core.eval.cache import CellCache, Key, digest, module_digest, package_files, source_digest
 from core.eval.config import model_slug
-from core.eval.intervals import exp_mean_interval, resample_indices
+from core.eval.intervals import exp_mean_interval, ratio_interval, resample_indices
 from core.models import DEFAULT_MODEL, LoadedModel
 from core.shadow.importance import capture
 from core.shadow.masking import Setting, ShadowMask, check_sparsity
@@ -145,18 +145,35 @@ def reduce_windows(cells: list[dict], settings: list[Setting], resamples: int = 
     windows (the same draws for every setting), and mean rank agreements."""
     draws = resample_indices(len(cells), resamples, seed)
     ppl: dict = {"dense": perplexity(_mean([c["dense"] for c in cells])), "global": {}, "layer": {}, "interval": {}}
+    by_setting = {}
     for i, s in enumerate(settings):
-        losses = [c["losses"][i] for c in cells]
+        losses = by_setting[s] = [c["losses"][i] for c in cells]
         cell = ppl[s.scope].setdefault(s.unit, {}).setdefault(s.method, {})
         cell[f"{s.sparsity:g}"] = perplexity(_mean(losses))
         bounds = ppl["interval"].setdefault(s.scope, {}).setdefault(s.unit, {}).setdefault(s.method, {})
         bounds[f"{s.sparsity:g}"] = exp_mean_interval(losses, draws)
+    ppl["predicted_over"] = _predicted_over(by_setting, draws)
     methods = list(cells[0]["agreement"])
     agreement = {m: {k: _mean([c["agreement"][m][k] for c in cells]) for k in cells[0]["agreement"][m]}
                  for m in methods}
     by_layer = {m: {u: np.mean([c["by_layer"][m][u] for c in cells], axis=0).tolist() for u in UNITS}
                 for m in methods}
     return {"perplexity": ppl, "rank_correlation": agreement, "rank_correlation_by_layer": by_layer}
+
+
+def _predicted_over(by_setting: dict[Setting, list[float]], draws: np.ndarray) -> dict:
+    """The predicted mask's perplexity over each other method's at the same setting, paired over windows
+    (global ranking): {unit: {method: {sparsity: [ratio, low, high]}}}; below 1 the prediction prunes better,
+    and an interval wholly below 1 separates the two."""
+    out: dict = {}
+    for s, losses in by_setting.items():
+        mine = by_setting.get(Setting("predicted", s.unit, s.sparsity, s.scope))
+        if s.scope != "global" or s.method == "predicted" or mine is None:
+            continue
+        ratio = perplexity(_mean(mine) - _mean(losses))
+        low, high = ratio_interval(mine, losses, [1] * len(losses), draws)
+        out.setdefault(s.unit, {}).setdefault(s.method, {})[f"{s.sparsity:g}"] = [ratio, low, high]
+    return out
 
 
 def heldout_windows(lm: LoadedModel, config: ShadowEvalConfig) -> list[torch.Tensor]:

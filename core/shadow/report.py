@@ -78,9 +78,21 @@ def markdown_report(doc: dict) -> str:
         lines += ["", f"## {TITLES[unit]} [95% interval over windows]", "", *_ppl_table(ppl["global"][unit], intervals)]
     scope = _scope_table(ppl)
     lines += ["", "## Global vs per-layer ranking, 50% head sparsity", "", *scope] if scope else []
+    for unit, rivals in ppl.get("predicted_over", {}).items():
+        lines += ["", f"## The predicted mask's perplexity over each other mask's, {unit} (paired over windows, "
+                  "[95% interval]; below 1: the prediction prunes better)", "", *_ratio_table(rivals)]
     lines += ["", "## Spearman's rho against the prompt's true plainact (layers >= 1)", "",
               *_rank_table(doc["rank_correlation"])]
     return "\n".join(lines) + "\n"
+
+
+def _ratio_table(rivals: dict[str, dict[str, list[float]]]) -> list[str]:
+    keys = list(next(iter(rivals.values())))
+    lines = ["| against | " + " | ".join(_pct(k) for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    for method, by in rivals.items():
+        lines.append(f"| {method} | " + " | ".join(f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in
+                                                   (by[k] for k in keys)) + " |")
+    return lines
 
 
 def figure(doc: dict) -> go.Figure:
