@@ -17,8 +17,12 @@ from core.shadow import ShadowMask
 from core.shadow.analysis import PromptAnalysis
 from core.traceviews import first_difference
 
-SHADOW_LABELS = {"plainact": "true plainact", "predicted": "predicted", "static": "static mask",
-                 "magnitude": "magnitude"}
+SHADOW_LABELS = {"predicted": "predicted", "static": "static mask"}
+
+
+def shadow_label(method: str, truth: str) -> str:
+    """A mask's name on the page: the predictor's own criterion, measured on this prompt, is the "true" one."""
+    return f"true {method}" if method == truth else SHADOW_LABELS.get(method, method)
 
 
 @dataclass
@@ -125,12 +129,13 @@ def _achieved(mask: ShadowMask) -> str:
 def shadow_summary(result: PromptAnalysis) -> str:
     """The numbers behind the ShadowLLM figures, in one short table."""
     a, d = result.agreement, result.departure
-    rows = [f"| {SHADOW_LABELS[m]} | {_achieved(result.masks[m])} | {ppl:.2f} |"
+    rows = [f"| {shadow_label(m, result.truth)} | {_achieved(result.masks[m])} | {ppl:.2f} |"
             for m, ppl in result.chosen_ppl.items()]
     return "\n".join([
         f"**{result.tokens} tokens**, dense perplexity **{result.dense_ppl:.2f}**. The predictor was trained to "
         f"rank units by **{result.criterion}**; the static mask ranks by the "
-        "training prompts' average of it, the same for every input; magnitude ranks by activation size.",
+        "training prompts' average of it, the same for every input; magnitude ranks by activation size and "
+        "plainact (the paper's criterion) by activation × gradient.",
         "",
         "| mask from | removed (layers ≥ 1) | perplexity of this prompt |",
         "|---|---|---:|",
@@ -139,7 +144,7 @@ def shadow_summary(result: PromptAnalysis) -> str:
         f"Predicted vs true ranking (Spearman's rho): heads {a['heads_within_layer']:.2f} within layers, "
         f"{a['heads_overall']:.2f} overall; neurons {a['neurons_within_layer']:.2f} within layers, "
         f"{a['neurons_overall']:.2f} overall. Departure from the static mask: this prompt's true ranking has rho "
-        f"{d['plainact_heads_rho_overall']:.2f} with it over all heads and changes "
-        f"{np.mean(d['plainact_heads_changed_by_layer']):.0%} of its head decisions; the predicted one, rho "
+        f"{d['true_heads_rho_overall']:.2f} with it over all heads and changes "
+        f"{np.mean(d['true_heads_changed_by_layer']):.0%} of its head decisions; the predicted one, rho "
         f"{d['predicted_heads_rho_overall']:.2f} and {np.mean(d['predicted_heads_changed_by_layer']):.0%}.",
     ])

@@ -41,9 +41,10 @@ SHADOW_EXAMPLE = (
     "so iterating over one yields its keys in the order they were added."
 )
 SHADOW_INTRO = (
-    "**ShadowLLM** ranks every attention head and MLP neuron by how much *this prompt's* language-model loss "
-    "depends on it (plainact: |activation × gradient|, from one forward and backward pass), and a small predictor "
-    "guesses that ranking from layer 0's output at the last prompt token alone. The mask removes the "
+    "**ShadowLLM** ranks every attention head and MLP neuron of *this prompt* by an importance criterion: "
+    "plainact (|activation × gradient|, the paper's), activation magnitude, and the small predictor's guess of "
+    "its own criterion (named below) from layer 0's output alone. On this model magnitude prunes better than "
+    "plainact, so the shipped predictor learns magnitude. The mask removes the "
     "lowest-ranked units for real (their o_proj / down_proj inputs are zeroed; layer 0 stays dense). "
     "Colours show log(score / the layer's mean): 0 is an average unit of its layer; × marks a removed unit."
 )

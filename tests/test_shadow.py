@@ -26,7 +26,8 @@ from core.shadow import (
 from core.shadow.analysis import analyze_prompt, neuron_blocks
 from core.shadow.dataset import collect_targets
 from core.shadow.evaluate import ShadowEvalConfig, run_shadow_evaluation
-from core.shadow.report import write_results
+from core.shadow.ranking import overall_spearman, rank_agreement
+from core.shadow.report import markdown_report, write_results
 from core.shadow.sweep import masked_nll
 from core.shadow.train import ShadowTrainConfig, train_predictor
 from tests.conftest import tiny_llama
@@ -221,9 +222,11 @@ def test_evaluation_resumes_from_its_cells_and_measures_only_a_new_method(tiny_l
     again = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(methods=("plainact", "magnitude"), **common), trained[1],
                                   windows, progress=False)
     assert asked == [] and again["perplexity"] == first["perplexity"]
+    assert first["cells"] == {"measured": 6, "cached": 0} and again["cells"] == {"measured": 0, "cached": 6}
+    assert "0 cells measured in this run, 6 read from the cell cache" in markdown_report(again)
     wider = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(methods=("plainact", "magnitude", "random"), **common),
                                   trained[1], windows, progress=False)
-    assert asked == [["random"], ["random"]]
+    assert asked == [["random"], ["random"]] and wider["cells"] == {"measured": 2, "cached": 6}
     assert wider["perplexity"]["global"]["heads"]["magnitude"] == first["perplexity"]["global"]["heads"]["magnitude"]
     fresh = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(methods=("plainact", "magnitude", "random"),
                                                             **{**common, "cache_dir": ""}),
@@ -254,6 +257,20 @@ def test_the_page_handler_draws_every_figure(tiny_lm, trained):
     assert f"trained to rank units by **{trained[1].config.criterion} of the prompt itself**" in summary
     assert all(f"| {label} |" in summary for label in ("predicted", "true plainact", "static mask", "magnitude"))
     assert all(fig.data for fig in figures)
+
+
+def test_a_predictor_is_judged_against_the_criterion_it_learned(tiny_lm):
+    torch.manual_seed(0)
+    predictor = ShadowPredictor(ShadowConfig.for_spec(tiny_lm.spec, width=32, neuron_rank=4, criterion="magnitude"))
+    result = analyze_prompt(tiny_lm, predictor, "The quick brown fox jumps over the lazy dog.", 0.5, 0.25)
+    assert result.truth == "magnitude" and list(result.masks) == ["predicted", "magnitude", "static", "plainact"]
+    assert result.agreement == rank_agreement(result.scores["predicted"][None], result.scores["magnitude"][None])
+    assert result.agreement != rank_agreement(result.scores["predicted"][None], result.scores["plainact"][None])
+    assert result.departure["true_heads_rho_overall"] == pytest.approx(
+        overall_spearman(result.scores["magnitude"].heads, result.scores["static"].heads).item())
+    handler, outputs = _page_handler(tiny_lm, predictor)
+    summary = handler("The quick brown fox jumps over the lazy dog.", 0.5, 0.0, "global")[outputs[0]]
+    assert "| true magnitude |" in summary and "| plainact |" in summary and "true plainact" not in summary
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 The prompt is plain text after BOS, as the predictor's training windows were (no chat template). Masks come from
 the prompt itself and perplexity is the prompt's own, so the curves say how much each ranking of this
-input's heads and neurons costs on this input.
+input's heads and neurons costs on this input. The "truth" the predictor is judged against is the criterion it
+was trained on (its config), so a predictor of magnitude is compared with true magnitude, not with plainact.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from core.shadow.ranking import layer_spearman, overall_spearman, rank_agreement
 from core.shadow.sweep import masked_nll, perplexity
 from core.spec import FIRST_SPARSE_LAYER
 
-SHOWN = ("predicted", "plainact", "static", "magnitude")  # masks at the chosen sparsities, side by side
-CURVE_METHODS = ("predicted", "plainact", "magnitude", "static")
+SIDE_BY_SIDE = ("predicted", "static", "magnitude", "plainact")  # with the predictor's criterion, each once
 SWEEP = (0.25, 0.5, 0.75)
 NEURON_BLOCK = 32
 
@@ -36,14 +36,15 @@ class PromptAnalysis:
     head_sparsity: float
     neuron_sparsity: float
     scope: str
+    truth: str  # the criterion the predictor was trained on: the method its predictions are judged against
     criterion: str  # what the predictor was trained to rank by, in words
-    scores: dict[str, UnitScores]  # SHOWN methods
-    masks: dict[str, ShadowMask]  # SHOWN methods at the chosen sparsities
+    scores: dict[str, UnitScores]  # every shown method
+    masks: dict[str, ShadowMask]  # every shown method at the chosen sparsities
     dense_ppl: float
-    chosen_ppl: dict[str, float]  # SHOWN methods at the chosen sparsities
+    chosen_ppl: dict[str, float]  # every shown method at the chosen sparsities
     curves: dict[str, dict[str, list[float]]]  # unit -> method -> perplexity at each SWEEP level
     departure: dict[str, list[float] | float]  # how this prompt's ranking departs from the static one
-    agreement: dict[str, float]  # Spearman's rho of predicted vs true plainact (within layers, overall)
+    agreement: dict[str, float]  # Spearman's rho of predicted vs the true criterion (within layers, overall)
 
 
 def with_bos(lm: LoadedModel, ids: torch.Tensor) -> torch.Tensor:
@@ -66,18 +67,26 @@ def _decisions_differ(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     return (a != b)[FIRST_SPARSE_LAYER:].float().mean(dim=-1).tolist()
 
 
-def departure_from_static(scores: dict[str, UnitScores], masks: dict[str, ShadowMask]) -> dict:
-    """Per layer: rho of this prompt's true and predicted head ranking with the static one, and changed decisions."""
+def shown_methods(truth: str) -> tuple[str, ...]:
+    """The masks drawn side by side: predicted, the true criterion, static, magnitude and plainact, each once."""
+    return tuple(dict.fromkeys(("predicted", truth, *SIDE_BY_SIDE[1:])))
+
+
+def departure_from_static(scores: dict[str, UnitScores], masks: dict[str, ShadowMask], truth: str) -> dict:
+    """Per layer: rho of this prompt's true and predicted head ranking with the static one, and changed decisions.
+
+    Keys are "true_..." (the predictor's criterion on this prompt) and "predicted_...".
+    """
     static = scores["static"]
     out: dict = {}
-    for method in ("plainact", "predicted"):
+    for name, method in (("true", truth), ("predicted", "predicted")):
         s = scores[method]
-        out[f"{method}_heads_rho_by_layer"] = layer_spearman(s.heads, static.heads).tolist()
-        out[f"{method}_heads_rho_overall"] = overall_spearman(s.heads, static.heads).item()
-        out[f"{method}_neurons_rho_overall"] = overall_spearman(s.neurons, static.neurons).item()
-        out[f"{method}_heads_changed_by_layer"] = _decisions_differ(masks[method].heads, masks["static"].heads)
+        out[f"{name}_heads_rho_by_layer"] = layer_spearman(s.heads, static.heads).tolist()
+        out[f"{name}_heads_rho_overall"] = overall_spearman(s.heads, static.heads).item()
+        out[f"{name}_neurons_rho_overall"] = overall_spearman(s.neurons, static.neurons).item()
+        out[f"{name}_heads_changed_by_layer"] = _decisions_differ(masks[method].heads, masks["static"].heads)
         changed = _decisions_differ(masks[method].neurons, masks["static"].neurons)
-        out[f"{method}_neurons_changed"] = sum(changed) / len(changed)
+        out[f"{name}_neurons_changed"] = sum(changed) / len(changed)
     return out
 
 
@@ -97,19 +106,19 @@ def analyze_prompt(lm: LoadedModel, predictor: ShadowPredictor, prompt: str, hea
         raise PromptError("The prompt needs at least 2 tokens: the loss scores each token by the next one.")
     if max_tokens is not None and ids.shape[1] > max_tokens:
         raise PromptError(f"The prompt is {ids.shape[1]} tokens; the live analysis takes at most {max_tokens}.")
-    cap = capture(lm, ids, criteria_for(CURVE_METHODS))
-    scores = {m: s[0] for m, s in method_scores(cap, CURVE_METHODS, predictor).items()}
-    chosen = {m: choose_mask(scores[m], head_sparsity, neuron_sparsity, scope) for m in SHOWN}
-    losses = masked_nll(lm, ids, [ShadowMask.dense(lm.spec), *chosen.values(),
-                                  *_sweep_masks(scores, CURVE_METHODS, scope)])
+    truth = predictor.config.criterion
+    shown = shown_methods(truth)
+    cap = capture(lm, ids, criteria_for(shown))
+    scores = {m: s[0] for m, s in method_scores(cap, shown, predictor).items()}
+    chosen = {m: choose_mask(scores[m], head_sparsity, neuron_sparsity, scope) for m in shown}
+    losses = masked_nll(lm, ids, [ShadowMask.dense(lm.spec), *chosen.values(), *_sweep_masks(scores, shown, scope)])
     ppl = [perplexity(x) for x in losses]
-    curve_ppl = iter(ppl[1 + len(SHOWN):])
-    curves = {unit: {m: [next(curve_ppl) for _ in SWEEP] for m in CURVE_METHODS} for unit in ("heads", "neurons")}
+    curve_ppl = iter(ppl[1 + len(shown):])
+    curves = {unit: {m: [next(curve_ppl) for _ in SWEEP] for m in shown} for unit in ("heads", "neurons")}
     return PromptAnalysis(
         tokens=ids.shape[1], head_sparsity=head_sparsity, neuron_sparsity=neuron_sparsity, scope=scope,
-        criterion=predictor.config.target,
-        scores={m: scores[m] for m in SHOWN}, masks=chosen, dense_ppl=ppl[0],
-        chosen_ppl=dict(zip(SHOWN, ppl[1 : 1 + len(SHOWN)], strict=True)), curves=curves,
-        departure=departure_from_static(scores, chosen),
-        agreement=rank_agreement(scores["predicted"], scores["plainact"]),
+        truth=truth, criterion=predictor.config.target, scores=scores, masks=chosen, dense_ppl=ppl[0],
+        chosen_ppl=dict(zip(shown, ppl[1 : 1 + len(shown)], strict=True)), curves=curves,
+        departure=departure_from_static(scores, chosen, truth),
+        agreement=rank_agreement(scores["predicted"], scores[truth]),
     )

@@ -76,7 +76,8 @@ def add_shadow_commands(subparsers) -> None:
     tr.add_argument("--prompts", type=int, default=768, help="training prompts, from distinct 'train' chunks")
     tr.add_argument("--lengths", type=split_ints, default=split_ints(TRAIN_LENGTHS),
                     help="prompt lengths in tokens, cycled")
-    tr.add_argument("--criterion", choices=CRITERIA, default="plainact", help="the importance the predictor learns")
+    tr.add_argument("--criterion", choices=CRITERIA, default="magnitude",
+                    help="the importance the predictor learns (magnitude prunes best on the default model)")
     tr.add_argument("--continuation", type=int, default=ShadowConfig.continuation,
                     help="learn the importance of this many tokens after each prompt (0: of the prompt itself)")
     tr.add_argument("--batch-size", type=int, default=8, help="prompts per capture pass")

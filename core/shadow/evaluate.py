@@ -189,6 +189,8 @@ def run_shadow_evaluation(lm: LoadedModel, config: ShadowEvalConfig, predictor: 
     settings = settings_for(config)
     path = Path(config.cache_dir) / f"shadow_{model_slug(lm.spec.name)}.jsonl" if config.cache_dir else None
     cells = WindowCells(CellCache(path), config, module_digest(predictor))
+    wanted = [(w, m, config.seed + i) for i, w in enumerate(windows) for m in ("dense", *config.methods)]
+    fresh = sum(cells.cache.get(cells.key(*cell)) is None for cell in wanted)
     measured = [evaluate_window(lm, w, settings, predictor, config.seed + i, cells)
                 for i, w in enumerate(tqdm(windows, desc="shadow eval", unit="window", disable=not progress))]
     return {
@@ -199,4 +201,5 @@ def run_shadow_evaluation(lm: LoadedModel, config: ShadowEvalConfig, predictor: 
                      "first_sparse_layer": FIRST_SPARSE_LAYER},
         **reduce_windows(measured, settings, config.bootstrap, config.seed),
         "timing_s": round(time.perf_counter() - started, 1),
+        "cells": {"measured": fresh, "cached": len(wanted) - fresh},
     }

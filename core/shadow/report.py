@@ -27,6 +27,14 @@ TITLES = {"heads": "Perplexity vs head sparsity (neurons dense)",
           "neurons": "Perplexity vs neuron sparsity (heads dense)"}
 
 
+def _cell_origin(doc: dict) -> str:
+    """How many (window, method) cells this run measured and how many it read from the cache (older runs)."""
+    cells = doc.get("cells")
+    if not cells or not cells["cached"]:
+        return ""
+    return f" ({cells['measured']} cells measured in this run, {cells['cached']} read from the cell cache)"
+
+
 def _pct(key: str) -> str:
     return f"{float(key):.0%}"
 
@@ -69,7 +77,7 @@ def markdown_report(doc: dict) -> str:
         f"Dense perplexity **{ppl['dense']:.2f}**. Predictor: {pred['parameters']:,} parameters "
         f"({pred['parameter_share']:.2%} of the base model), trained on "
         f"{target_words(pred['criterion'], pred.get('continuation', 0))}. "
-        f"Run time {doc['timing_s']:.0f} s.",
+        f"Run time {doc['timing_s']:.0f} s{_cell_origin(doc)}.",
         "",
         *(f"- **{m}**: {METHOD_NOTES[m].format(**pred)}" for m in cfg["methods"]),
     ]
