@@ -8,6 +8,7 @@ top-k (`newest_rows`) are timed apart: every top-k method pays them, an oracle i
 what predicting costs. Prints a table and writes assets/results/predictor_cost.json.
 
     python benchmarks/bench_predictor_cost.py [--contexts 512 1024 2048] [--steps 32] [--budget 50%]
+        [--predictor FOLDER] [--out JSON]
 """
 
 from __future__ import annotations
@@ -56,10 +57,10 @@ def step_times(lm, ids: torch.Tensor, policy, budget: Budget, steps: int, *spent
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
-def measure(lm, ids: torch.Tensor, budget: Budget, steps: int) -> dict:
+def measure(lm, ids: torch.Tensor, budget: Budget, steps: int, predictor: str | None = None) -> dict:
     spent, selecting = [0.0], [0.0]
     dense = statistics.median(step_times(lm, ids, make_policy("dense"), Budget.dense(), steps, spent))
-    policy = make_policy("tokenbutler")
+    policy = make_policy("tokenbutler", predictor=predictor)
     policy.predictor.queries = timed(policy.predictor.queries, spent)  # the producers, in the layer hooks
     patched = {(attention, "decode_selection"): spent,  # scoring, pooling, protection, top-k per layer
                (tokenbutler, "newest_rows"): selecting, (driver, "newest_rows"): selecting}  # protection, top-k
@@ -86,21 +87,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--budget", default="50%")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--predictor", default=None, help="folder of a trained predictor (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lm = load(args.model)
     text = torch.cat(token_chunks(lm.tokenizer, "heldout", max(args.contexts), max_chunks=1))
-    rows = [measure(lm, text[:n].view(1, -1), Budget.parse(args.budget), args.steps) for n in args.contexts]
+    rows = [measure(lm, text[:n].view(1, -1), Budget.parse(args.budget), args.steps, args.predictor)
+            for n in args.contexts]
     print("| context | dense step (ms) | tokenbutler step (ms) | predictor (ms/step) | of it top-k (ms/step) "
           "| overhead vs dense | without top-k |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['context']} | {r['dense_step_ms']:.1f} | {r['tokenbutler_step_ms']:.1f} | "
               f"{r['predictor_ms_per_step']:.2f} | {r['selection_ms_per_step']:.2f} | {r['overhead']:.1%} | "
               f"{r['prediction_overhead']:.1%} |")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"model": lm.spec.name, "budget": args.budget, "threads": args.threads,
-                               "cpu": platform.processor() or platform.machine(), "rows": rows}, indent=2))
-    print(f"wrote {OUT}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": lm.spec.name, "predictor": args.predictor or "assets/predictor",
+                                    "budget": args.budget, "threads": args.threads,
+                                    "cpu": platform.processor() or platform.machine(), "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
