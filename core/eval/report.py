@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from core.budget import Budget
@@ -42,6 +43,8 @@ def ppl_ratio(stage: dict, name: str, label: str) -> tuple[float | None, list[fl
 def _with_interval(value: float | None, interval: list[float] | None, fmt: str) -> str:
     if value is None:
         return "–"
+    if interval is not None and any(math.isnan(v) for v in interval):  # gap closure where the rival ties the oracle
+        return fmt.format(value) + " [none: no gap in > 2.5% of draws]"
     return fmt.format(value) + ("" if interval is None else " [" + ", ".join(fmt.format(v) for v in interval) + "]")
 
 
