@@ -156,15 +156,20 @@ def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
     assert tokens.kind == "bar" and tokens.series["h2o"].x == ["32 tok"]  # token budgets in their own panel
     tasks = next(p for title, p in panels.items() if title.startswith("Retrieval tasks"))
     assert tasks.kind == "bar" and tasks.series["streaming"].x == sorted(task_stages)
+    assert doc["cells"]["cached"] == 0 and "read from the cell cache" not in table
     cells = (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n")
     assert main(args) == 0  # everything cached: nothing is measured again
     assert (cache / "eval_tiny-random-llama.jsonl").read_text().count("\n") == cells
+    again = json.loads((out / "eval_tiny-random-llama.json").read_text())
+    assert again["cells"] == {"measured": 0, "cached": doc["cells"]["measured"]}
+    reused = f"0 cells measured in this run, {doc['cells']['measured']} read from the cell cache"
+    assert reused in (out / "eval_tiny-random-llama.md").read_text()
 
 
 def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     """Every chunk has the same per-token NLL, so every resample closes 1 - (11 - 10) / (14 - 10) = 0.75."""
     from core.eval.intervals import closure_interval
-    from core.eval.report import gap_closed
+    from core.eval.report import _with_interval, gap_closed
     from core.eval.stages import gap_closure
 
     tokens = [100, 300, 50, 200]
@@ -177,7 +182,9 @@ def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     nll = {n: by_policy[n]["25%"]["chunk_nll"] for n in ("tokenbutler", "oracle", "h2o")}
     assert closure_interval(nll["tokenbutler"], nll["oracle"], nll["h2o"], tokens, draws) == pytest.approx([0.75, 0.75])
     tied = [math.log(10.0) * t for t in tokens]  # a rival that equals the ceiling on every draw: no interval
-    assert all(math.isnan(v) for v in closure_interval(nll["tokenbutler"], nll["oracle"], tied, tokens, draws))
+    no_interval = closure_interval(nll["tokenbutler"], nll["oracle"], tied, tokens, draws)
+    assert all(math.isnan(v) for v in no_interval)
+    assert "nan" not in _with_interval(0.5, no_interval, "{:.2f}")  # the report says why, not [nan, nan]
     gap_closure(by_policy, 300, 0)
     closed = gap_closed(by_policy, "25%")
     assert closed["rival"] == "h2o" and closed["value"] == pytest.approx(0.75)

@@ -119,3 +119,11 @@ def package_files(patterns: tuple[str, ...]) -> list[Path]:
 def source_digest(files: list[Path]) -> str:
     """A digest of these files' contents, in order: a cached measurement is keyed by the code that made it."""
     return digest(*(f.read_bytes() for f in files))
+
+
+def cell_origin(cells: dict | None) -> str:
+    """Say how many cells a run measured and how many it read from the cache (older runs), for a report's
+    run-time line; empty when everything was measured in this run."""
+    if not cells or not cells["cached"]:
+        return ""
+    return f" ({cells['measured']} cells measured in this run, {cells['cached']} read from the cell cache)"

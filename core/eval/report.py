@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from core.budget import Budget
+from core.eval.cache import cell_origin
 from core.eval.config import CEILING, DENSE, LEARNED
 
 PROTOCOLS = {  # perplexity stage -> how its prompt and scored tokens are laid out
@@ -172,7 +173,8 @@ def _data_line(doc: dict) -> str:
     cap = f", at most {cfg['per_document']} per document" if "per_document" in cfg else ""
     return (f"{data['chunks']} {data.get('split', 'heldout')} chunks of {cfg['chunk_len']} tokens{spread}{cap}; "
             f"hit/recall on {cfg['metric_rows']} rows per chunk; seed {cfg['seed']}. s = nominal sparsity "
-            f"(1 - kept ratio); 'N tok' = fixed token budget. Run time {doc['timing_s']['total']:.0f} s.")
+            f"(1 - kept ratio); 'N tok' = fixed token budget. Run time {doc['timing_s']['total']:.0f} s"
+            f"{cell_origin(doc.get('cells'))}.")
 
 
 def caption(doc: dict) -> str:

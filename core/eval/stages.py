@@ -74,14 +74,17 @@ class Setup:
         return (stage.name, name, self.identities[name], budget.label, data)
 
 
-def run_stage(s: Setup, stage: Stage) -> None:
-    """Measure every cell not yet cached, with a progress bar; each finished cell is cached at once.
+def run_stage(s: Setup, stage: Stage) -> dict[str, int]:
+    """Measure every cell not yet cached, with a progress bar; each finished cell is cached at once. Returns
+    how many of the stage's cells this run measured and how many it read from the cache (older runs).
 
     Under several processes the work is dealt before looking at the cache (so no two processes can disagree
     on who measures what): whole items where one measurement fills an item's cells, else every n-th cell in
     a fixed order. Each process writes its own cache file, then all wait for each other and read every file,
     so each holds the whole stage."""
     rank, world = s.processes.process_index, s.processes.num_processes
+    every_key = [s.key(stage, n, b, item) for item in stage.items for n, bs in stage.budgets.items() for b in bs]
+    cached = sum(s.cache.get(k) is not None for k in every_key)
     jobs: list[Callable[[], dict[Key, dict]]] = []
     for i, item in enumerate(stage.items):
         if stage.measure_item is not None and i % world != rank:
@@ -108,6 +111,7 @@ def run_stage(s: Setup, stage: Stage) -> None:
     if world > 1:
         s.processes.wait_for_everyone()
         s.cache.reload()
+    return {"measured": len(every_key) - cached, "cached": cached}
 
 
 def reduce_stage(s: Setup, stage: Stage) -> dict[str, dict[str, dict]]:
@@ -345,10 +349,11 @@ def run_evaluation(config: EvalConfig) -> dict:
                              seed=config.seed)
     task_data = {t: task_samples(lm, t, config.samples, config.seed) for t in task_settings(config)}
     timing = {"setup": time.perf_counter() - started}
-    results = {}
+    results, cells = {}, {"measured": 0, "cached": 0}
     for stage in (stage for stage in build_stages(setup, chunks, task_data) if stage.items):
         begun = time.perf_counter()
-        run_stage(setup, stage)
+        for origin, count in run_stage(setup, stage).items():
+            cells[origin] += count
         results[stage.name] = reduce_stage(setup, stage)
         if stage.name.startswith("perplexity"):
             relative_to_dense(results[stage.name], config.bootstrap, config.seed)
@@ -361,5 +366,5 @@ def run_evaluation(config: EvalConfig) -> dict:
         "data": {"chunks": len(chunks), "chunk_len": config.chunk_len, "split": config.split,
                  "chunk_sources": [chunk_info(c) for c in chunks],
                  **{t.stage: len(samples) for t, samples in task_data.items()}},
-        "timing_s": {k: round(v, 2) for k, v in timing.items()}, "results": results,
+        "timing_s": {k: round(v, 2) for k, v in timing.items()}, "cells": cells, "results": results,
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.eval.cache import cell_origin
 from core.palette import color
 from core.shadow.predictor import target_words
 
@@ -25,14 +26,6 @@ METHOD_NOTES = {
 }
 TITLES = {"heads": "Perplexity vs head sparsity (neurons dense)",
           "neurons": "Perplexity vs neuron sparsity (heads dense)"}
-
-
-def _cell_origin(doc: dict) -> str:
-    """How many (window, method) cells this run measured and how many it read from the cache (older runs)."""
-    cells = doc.get("cells")
-    if not cells or not cells["cached"]:
-        return ""
-    return f" ({cells['measured']} cells measured in this run, {cells['cached']} read from the cell cache)"
 
 
 def _pct(key: str) -> str:
@@ -77,7 +70,7 @@ def markdown_report(doc: dict) -> str:
         f"Dense perplexity **{ppl['dense']:.2f}**. Predictor: {pred['parameters']:,} parameters "
         f"({pred['parameter_share']:.2%} of the base model), trained on "
         f"{target_words(pred['criterion'], pred.get('continuation', 0))}. "
-        f"Run time {doc['timing_s']:.0f} s{_cell_origin(doc)}.",
+        f"Run time {doc['timing_s']:.0f} s{cell_origin(doc.get('cells'))}.",
         "",
         *(f"- **{m}**: {METHOD_NOTES[m].format(**pred)}" for m in cfg["methods"]),
     ]
