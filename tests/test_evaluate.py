@@ -166,6 +166,17 @@ def test_quick_run_writes_json_and_markdown_and_resumes(tmp_path) -> None:
     assert reused in (out / "eval_tiny-random-llama.md").read_text()
 
 
+def test_a_dense_only_run_writes_its_tables_without_a_figure(tmp_path) -> None:
+    out = tmp_path / "results"
+    args = ["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--policies", "dense",
+            "--long-prompt", "0", "--tasks", "", "--decode-chunks", "0"]
+    assert main(args) == 0
+    doc = json.loads((out / "eval_tiny-random-llama.json").read_text())
+    assert len(doc["results"]["perplexity"]["dense"]["100%"]["chunk_nll"]) == doc["data"]["chunks"]
+    assert doc["png"].startswith("skipped: nothing to draw") and not (out / "eval_tiny-random-llama.html").exists()
+    assert "| dense |" in (out / "eval_tiny-random-llama.md").read_text()
+
+
 def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     """Every chunk has the same per-token NLL, so every resample closes 1 - (11 - 10) / (14 - 10) = 0.75."""
     from core.eval.intervals import closure_interval

@@ -99,14 +99,19 @@ def _draw_matplotlib(axis, panel: Panel) -> None:
 
 
 def write_outputs(doc: dict, out: Path) -> dict[str, Path]:
-    """eval_<model>.json, .md and .html (+ .png when possible) under `out`; the PNG note goes in the JSON."""
+    """eval_<model>.json, .md and .html (+ .png when possible) under `out`; the PNG note goes in the JSON.
+    A run with nothing to compare (dense alone) has no figure: JSON and markdown only."""
     out.mkdir(parents=True, exist_ok=True)
     stem = out / results_stem(doc["model"]["name"], doc["config"].get("tag", ""))
     panels = figure_panels(doc)
-    fig = plotly_figure(panels, f"TokenButler Studio evaluation: {doc['model']['name']}")
-    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "html": stem.with_suffix(".html")}
-    fig.write_html(str(paths["html"]), include_plotlyjs="cdn")
-    doc["png"] = write_png(fig, panels, stem.with_suffix(".png"))
+    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
+    if panels:
+        fig = plotly_figure(panels, f"TokenButler Studio evaluation: {doc['model']['name']}")
+        paths["html"] = stem.with_suffix(".html")
+        fig.write_html(str(paths["html"]), include_plotlyjs="cdn")
+        doc["png"] = write_png(fig, panels, stem.with_suffix(".png"))
+    else:
+        doc["png"] = "skipped: nothing to draw (a run of the dense reference alone has no comparison)"
     paths["json"].write_text(json.dumps(doc, indent=1))
     paths["md"].write_text(markdown_report(doc))
     return paths
