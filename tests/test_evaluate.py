@@ -101,8 +101,12 @@ def test_cell_identity_follows_the_code_that_measures_it(tmp_path, monkeypatch) 
             (tmp_path / file.relative_to(cache.PACKAGE)).write_bytes(file.read_bytes())
     monkeypatch.setattr(cache, "PACKAGE", tmp_path)
     before = code_digest(make_policy("h2o"))
-    with (tmp_path / "policies" / "driver.py").open("a") as handle:
-        handle.write("# changed\n")
+    driver = tmp_path / "policies" / "driver.py"
+    source = driver.read_text()
+    first_docstring = source.index('"""', source.index("def ")) + 3
+    driver.write_text(source[:first_docstring] + "Reworded. " + source[first_docstring:] + "# a comment\n")
+    assert code_digest(make_policy("h2o")) == before  # documentation is not code: the cells stand
+    driver.write_text(source + "CHANGED = 1\n")
     assert code_digest(make_policy("h2o")) != before
 
 
@@ -207,3 +211,30 @@ def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     del by_policy["random"], by_policy["tokenbutler"]["25%"]["gap_closed"]
     gap_closure(by_policy, 300, 0)
     assert gap_closed(by_policy, "25%") is None
+
+
+def test_rekey_moves_only_cells_measured_by_the_same_code(tmp_path, monkeypatch) -> None:
+    """Cells keyed by the raw-bytes digest of code whose syntax tree equals today's move to today's key;
+    a policy whose code differed at that revision keeps its old key (so it is measured again)."""
+    from core.eval import rekey
+    from core.eval.cache import digest, measuring_files
+
+    quest_module = measuring_files(make_policy("quest"))[-1]
+
+    def at(rev: str, file) -> bytes:
+        return file.read_bytes() + (b"CHANGED = 1\n" if file == quest_module else b"# a comment\n")
+
+    monkeypatch.setattr(rekey, "_at", at)
+    old_id = {n: digest(policy_digest(make_policy(n)), digest(*(at("rev", f) for f in measuring_files(make_policy(n)))))
+              for n in ("h2o", "quest")}
+    path = tmp_path / "cells.jsonl"
+    cache = CellCache(path)
+    for name in ("h2o", "quest"):
+        cache.put(("perplexity", name, old_id[name], "50%", "abc"), {"nll": 1.0})
+    renames = rekey.policy_renames("rev")
+    assert "h2o" in renames and "quest" not in renames
+    assert rekey.rekey_file(path, {(n, o): new for n, (o, new) in renames.items()}, {}) == 1
+    reread = CellCache(path)
+    today = digest(policy_digest(make_policy("h2o")), code_digest(make_policy("h2o")))
+    assert reread.get(("perplexity", "h2o", today, "50%", "abc")) == {"nll": 1.0}
+    assert reread.get(("perplexity", "quest", old_id["quest"], "50%", "abc")) == {"nll": 1.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
@@ -102,13 +103,18 @@ MEASURING_CODE = ("attention.py", "budget.py", "capture.py", "decode.py", "keysu
 
 
 def code_digest(policy: Policy) -> str:
-    """A digest of the code that measures a policy's cells: the shared measuring modules, the policy's own
-    module and those of the modules among its options (a predictor), so a cell measured by older code
-    is measured again instead of reused."""
+    """A digest of the code that measures a policy's cells, so a cell measured by older code is measured
+    again instead of reused."""
+    return source_digest(measuring_files(policy))
+
+
+def measuring_files(policy: Policy) -> list[Path]:
+    """The shared measuring modules, the policy's own module and those of the modules among its options
+    (a predictor)."""
     files = package_files(MEASURING_CODE)
     files += [Path(inspect.getsourcefile(type(policy)))]
     files += [Path(inspect.getsourcefile(type(v))) for v in policy.options().values() if isinstance(v, torch.nn.Module)]
-    return source_digest(files)
+    return files
 
 
 def package_files(patterns: tuple[str, ...]) -> list[Path]:
@@ -117,8 +123,21 @@ def package_files(patterns: tuple[str, ...]) -> list[Path]:
 
 
 def source_digest(files: list[Path]) -> str:
-    """A digest of these files' contents, in order: a cached measurement is keyed by the code that made it."""
-    return digest(*(f.read_bytes() for f in files))
+    """A digest of these files' code, in order: a cached measurement is keyed by the code that made it. Only
+    the syntax tree counts (`code_only`), so rewording a docstring or a comment keeps the finished cells."""
+    return digest(*(code_only(f.read_text()) for f in files))
+
+
+def code_only(source: str) -> str:
+    """The module's syntax tree without comments (the parser drops them) and without docstrings."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def cell_origin(cells: dict | None) -> str:
