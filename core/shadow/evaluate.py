@@ -2,7 +2,8 @@
 
 Protocol, per held-out window of `window_len` tokens (the 'heldout' split, never seen in training):
 - the prompt is the first `prompt_len` tokens: every method ranks heads and neurons from it alone
-  (the predictor from layer 0's output at its last token, the oracles from its own loss and activations);
+  (the predictor from layer 0's output pooled over the prompt as it was trained, by default the mean; the
+  oracles from the prompt's own loss and activations);
 - each mask (global ranking of per-layer normalized scores, layer 0 dense) applies to the whole window,
   and the loss counts the `window_len - prompt_len` tokens after the prompt;
 - perplexity = exp(mean loss over all windows' counted tokens); Spearman's rho of every method against

@@ -8,7 +8,8 @@
   brute-force truth a criterion approximates, hundreds of forwards a prompt)
 - magnitude: the prompt's activation norms (DejaVu-like, an oracle of magnitude rather than a predictor)
 - contribution: the norm of what each unit writes to the residual stream over the prompt (an oracle, forward only)
-- static: the training prompts' average normalized plainact, the same for every input
+- static: the training prompts' average normalized importance under the criterion the predictor learned
+  (magnitude for the shipped one), the same for every input
 - random: seeded random scores
 """
 
