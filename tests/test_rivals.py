@@ -24,14 +24,17 @@ def hand_view(hq: int = 4, hkv: int = 2, t: int = 24, d: int = 8, seed: int = 0,
 
 @pytest.mark.parametrize("budget", [Budget(ratio=0.3), Budget(tokens=9)])
 def test_double_sparsity_with_every_channel_is_the_oracle(tiny_lm, budget):
-    everything = build("double-sparsity", tiny_lm, channels=tiny_lm.spec.head_dim)
+    """The definition at full precision (the default label cache is 8-bit: tests/test_keysummary.py)."""
+    everything = build("double-sparsity", tiny_lm, channels=tiny_lm.spec.head_dim, bits=16)
     oracle, ds = run(tiny_lm, "oracle", budget, steps=10), run(tiny_lm, "double-sparsity", budget, steps=10,
-                                                               ranking=everything.ranking, channels=everything.channels)
+                                                               ranking=everything.ranking, channels=everything.channels,
+                                                               bits=16)
     for layer in range(1, tiny_lm.spec.num_layers):
         assert kept_sets(ds, layer) == kept_sets(oracle, layer)
     view = hand_view()
     full = ChannelRanking(2, 2, 8)
-    assert torch.equal(make_policy("double-sparsity", ranking=full, channels=8).scores(view), view.true_probs())
+    exact = make_policy("double-sparsity", ranking=full, channels=8, bits=16)
+    assert torch.equal(exact.scores(view), view.true_probs())
 
 
 def test_double_sparsity_scores_only_its_calibrated_channels():
@@ -39,12 +42,12 @@ def test_double_sparsity_scores_only_its_calibrated_channels():
     ranking = ChannelRanking(2, 2, 8)
     ranking.order[1, 0] = torch.tensor([5, 2, 0, 1, 3, 4, 6, 7])
     ranking.order[1, 1] = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0])
-    scores = make_policy("double-sparsity", ranking=ranking, channels=2).scores(view)
+    scores = make_policy("double-sparsity", ranking=ranking, channels=2, bits=16).scores(view)
     for head, channels in ((0, [2, 5]), (1, [2, 5]), (2, [6, 7]), (3, [6, 7])):  # two query heads per KV head
         q, k = view.query[0, head][:, channels], view.key[0, head // 2][:, channels]
         want = torch.softmax((q @ k.T * view.scale).masked_fill(~view.causal(), float("-inf")), dim=-1)
         assert torch.allclose(scores[0, head], want, atol=1e-6)
-    policy = make_policy("double-sparsity", ranking=ranking, channels=2)
+    policy = make_policy("double-sparsity", ranking=ranking, channels=2, bits=16)
     assert policy.side_reads(torch.tensor([10, 20]), torch.tensor([3, 3]), head_dim=8) == pytest.approx(30 * 2 / 16)
 
 
@@ -105,9 +108,16 @@ def test_tova_evicts_what_the_last_query_attended_to_least_averaged_over_heads()
 
 
 def test_double_sparsity_label_cache_follows_the_sequence_even_without_a_reset():
-    policy = make_policy("double-sparsity", ranking=ChannelRanking(2, 2, 8), channels=8)
+    policy = make_policy("double-sparsity", ranking=ChannelRanking(2, 2, 8), channels=8, bits=16)
     for seed in (0, 1):  # a second sequence of the same length, scored step by step with no reset between
         whole = hand_view(seed=seed)
         for t in range(1, 25):
             step = whole.rows(slice(t - 1, t), t)
             assert torch.equal(policy.scores(step), step.true_probs())
+
+
+def test_double_sparsity_reads_as_many_bytes_as_the_shipped_predictor():
+    """The default label cache is the rival at equal bytes: the same per-token side reads as TokenButler's."""
+    past = torch.tensor([100, 1000])
+    rival, learned = make_policy("double-sparsity"), make_policy("tokenbutler")
+    assert rival.side_reads(past, past, head_dim=64) == learned.side_reads(past, past, head_dim=64)
