@@ -185,7 +185,7 @@ def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     """Every chunk has the same per-token NLL, so every resample closes 1 - (11 - 10) / (14 - 10) = 0.75."""
     from core.eval.intervals import closure_interval
     from core.eval.report import _with_interval, gap_closed
-    from core.eval.stages import gap_closure
+    from core.eval.stages import against_rivals, gap_closure
 
     tokens = [100, 300, 50, 200]
     per = {"oracle": 10.0, "tokenbutler": 11.0, "h2o": 14.0, "random": 40.0, "dense": 9.0}
@@ -207,6 +207,10 @@ def test_gap_closure_and_its_interval_on_a_known_case() -> None:
     assert set(against) == {"h2o", "random"}, "snapkv reads more bytes: not a rival"
     assert against["random"]["value"] == pytest.approx(1 - 1 / 30)
     assert closed["ci"] == pytest.approx([0.75, 0.75])
+    against_rivals(by_policy, 300, 0)
+    over = by_policy["tokenbutler"]["25%"]["ppl_over_rival"]
+    assert set(over) == {"oracle", "h2o", "random", "snapkv"}  # every method, whatever it reads
+    assert over["h2o"]["value"] == pytest.approx(11 / 14) and over["h2o"]["ci"] == pytest.approx([11 / 14] * 2)
     by_policy["h2o"]["25%"]["ppl"] = 9.5  # the one rival left is under the oracle: no gap to close, no claim
     del by_policy["random"], by_policy["tokenbutler"]["25%"]["gap_closed"]
     gap_closure(by_policy, 300, 0)

@@ -86,6 +86,13 @@ def _perplexity_tables(doc: dict, stage_name: str) -> list[str]:
                        else "–" for b in budgets] for name in rivals}
         lines += _table(f"Perplexity gap closed by tokenbutler against each rival [95% interval], {protocol}",
                         budgets, rows)
+    over = {b["label"]: (cell(stage.get(LEARNED, {}), b["label"]) or {}).get("ppl_over_rival", {}) for b in budgets}
+    others = sorted({name for against in over.values() for name in against})
+    if others:
+        rows = {name: [_with_interval(a["value"], a["ci"], "{:.3f}") if (a := over[b["label"]].get(name)) else "–"
+                       for b in budgets] for name in others}
+        lines += _table(f"Tokenbutler's perplexity over each method's, paired over chunks [95% interval; below 1: "
+                        f"tokenbutler better], {protocol}", budgets, rows)
     return lines
 
 

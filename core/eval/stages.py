@@ -229,6 +229,20 @@ def gap_closure(by_policy: dict[str, dict[str, dict]], resamples: int, seed: int
             mine["gap_closed"] = against[min(against, key=lambda n: rivals[n]["ppl"])]
 
 
+def against_rivals(by_policy: dict[str, dict[str, dict]], resamples: int, seed: int) -> None:
+    """At every budget, add to the learned method's cell its perplexity over each other method's on the same
+    chunks (`ppl_over_rival`), with a paired bootstrap interval: well defined even where a rival ties the
+    oracle and the gap closure has no denominator."""
+    for label, mine in by_policy.get(LEARNED, {}).items():
+        draws = resample_indices(len(mine["chunk_nll"]), resamples, seed)
+        mine["ppl_over_rival"] = {
+            name: {"value": mine["ppl"] / by[label]["ppl"],
+                   "ci": ratio_interval(mine["chunk_nll"], by[label]["chunk_nll"], mine["chunk_tokens"], draws)}
+            for name, by in by_policy.items()
+            if name not in (DENSE, LEARNED) and label in by and math.isfinite(by[label]["ppl"])
+        }
+
+
 def sample_ident(sample) -> tuple:
     """What identifies an encoded task sample in the cache."""
     return sample.input_ids, sample.prompt_len, torch.as_tensor(sample.answer_positions)
@@ -358,6 +372,7 @@ def run_evaluation(config: EvalConfig) -> dict:
         if stage.name.startswith("perplexity"):
             relative_to_dense(results[stage.name], config.bootstrap, config.seed)
             gap_closure(results[stage.name], config.bootstrap, config.seed)
+            against_rivals(results[stage.name], config.bootstrap, config.seed)
         timing[stage.name] = time.perf_counter() - begun
     timing["total"] = time.perf_counter() - started
     return {
