@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -167,6 +168,10 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per row, best kept")
     parser.add_argument("--out", type=Path, default=RESULTS / "decode_cpu.json")
+    parser.add_argument(
+        "--keep-other-threads", action="store_true",
+        help="keep --out's rows of thread counts not measured in this run (re-measure one thread count alone)",
+    )
     args = parser.parse_args()
     lm = load(args.model)
     contexts = list(split_ints(args.contexts))
@@ -200,6 +205,9 @@ def main() -> None:
             best = measure_context(lm, ids, args.new_tokens, split_csv(args.methods), budgets, args.repeats)
             for (method, label), (rate, share) in best.items():
                 add(method, label, context, count, rate, share)
+    if args.keep_other_threads and args.out.exists():
+        measured = set(split_ints(args.threads))
+        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["threads"] not in measured] + rows
     for row in rows:
         same = [r for r in rows if r["context"] == row["context"] and r["threads"] == row["threads"]]
         row["vs_our_dense"] = row["tokens_per_s"] / next(r["tokens_per_s"] for r in same if r["label"] == "ours: dense")
@@ -218,7 +226,7 @@ def main() -> None:
         "model": args.model,
         "new_tokens": args.new_tokens,
         "machine": platform.processor() or platform.machine(),
-        "cpu_count": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "dtype": str(lm.dtype),
     }
