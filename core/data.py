@@ -46,6 +46,29 @@ def available_outside() -> list[str]:
     return [name for name in OUTSIDE_SOURCES if SOURCES[name].installed()]
 
 
+def missing_sources(split: str) -> list[str]:
+    """The sources a split draws from by default that are not installed here: without them the split's
+    documents, hence an evaluation's chunks and its cached cells, differ from a machine that has them."""
+    known = OUTSIDE_SOURCES if split == "outside" else TRAINING_SOURCES
+    return [name for name in known if not SOURCES[name].installed()]
+
+
+def missing_sources_note(split: str) -> str | None:
+    """A warning naming the missing sources and what installs them, or None when every source is here."""
+    missing = missing_sources(split)
+    if not missing:
+        return None
+    return (f"warning: sources {', '.join(missing)} are not installed here, so the {split} text differs from a "
+            f"machine that has them: no cached cell of such a run matches and its results are not comparable "
+            f"with the shipped ones. Install them ({install_hints(missing)}); README, 'Training and held-out "
+            f"text', has the command.")
+
+
+def install_hints(names: Sequence[str]) -> str:
+    """What installs each named source."""
+    return "; ".join(f"{n}: {SOURCES[n].package}" for n in names)
+
+
 @dataclass(frozen=True)
 class CleanSource:
     """One source's documents per split, training paragraphs that repeat held-out text dropped."""
@@ -83,8 +106,9 @@ def _checked(names: Sequence[str] | None, known: Sequence[str], installed: list[
         raise CorpusError(f"Unknown sources {unknown}; choose from {', '.join(known)}.")
     missing = [n for n in chosen if n not in installed]
     if missing:
-        hints = "; ".join(f"{n}: {SOURCES[n].package}" for n in missing)
-        raise CorpusError(f"Sources {missing} are not installed here (installed: {', '.join(installed)}; {hints}).")
+        raise CorpusError(
+            f"Sources {missing} are not installed here (installed: {', '.join(installed)}; {install_hints(missing)})."
+        )
     return chosen
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from core import data
 from core.data import CorpusError, document_chunks, load_documents, split_of, token_chunks
 from core.leakage import HeldoutIndex, overlap
-from core.sources import Document, blocks, fortune_text, html_text
+from core.sources import Document, Source, blocks, fortune_text, html_text
 
 
 class WordTokenizer:
@@ -122,3 +124,14 @@ def test_evaluation_chunks_spread_over_sources_and_documents(monkeypatch) -> Non
     assert len(document_chunks(WordTokenizer(), "heldout", 65, count=500)) < 500  # as many as the cap allows
     with pytest.raises(CorpusError, match="per_document"):
         document_chunks(WordTokenizer(), "heldout", 65, count=3, per_document=0)
+
+
+def test_a_split_missing_sources_is_named_with_what_installs_them(monkeypatch) -> None:
+    present = {n: Source(n, f"pkg-{n}", lambda: None, iter) for n in data.SOURCES}
+    monkeypatch.setattr(data, "SOURCES", present)
+    assert data.missing_sources("heldout") == [] and data.missing_sources_note("heldout") is None
+    present["jargon"] = Source("jargon", "jargon-text", lambda: Path("/nonexistent/jargon.txt.gz"), iter)
+    assert data.missing_sources("heldout") == ["jargon"]
+    assert data.missing_sources("outside") == []
+    note = data.missing_sources_note("heldout")
+    assert "jargon: jargon-text" in note and "not comparable" in note

@@ -181,7 +181,12 @@ def _data_line(doc: dict) -> str:
     return (f"{data['chunks']} {data.get('split', 'heldout')} chunks of {cfg['chunk_len']} tokens{spread}{cap}; "
             f"hit/recall on {cfg['metric_rows']} rows per chunk; seed {cfg['seed']}. s = nominal sparsity "
             f"(1 - kept ratio); 'N tok' = fixed token budget. Run time {doc['timing_s']['total']:.0f} s"
-            f"{cell_origin(doc.get('cells'))}.")
+            f"{cell_origin(doc.get('cells'))}.{_missing_line(data)}")
+
+
+def _missing_line(data: dict) -> str:
+    missing = data.get("missing_sources")
+    return f" Sources not installed on the measuring machine: {', '.join(missing)}." if missing else ""
 
 
 def caption(doc: dict) -> str:

@@ -15,7 +15,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from core.budget import Budget
-from core.data import Chunk, document_chunks
+from core.data import Chunk, document_chunks, missing_sources, missing_sources_note
 from core.eval.cache import CellCache, Key, code_digest, digest, policy_digest
 from core.eval.config import CEILING, DENSE, LEARNED, EvalConfig, model_slug
 from core.eval.intervals import closure_interval, ratio_interval, resample_indices, share_interval
@@ -361,6 +361,8 @@ def run_evaluation(config: EvalConfig) -> dict:
     setup = Setup(lm, config, policies, budgets, cache, processes)
     chunks = document_chunks(lm.tokenizer, config.split, config.chunk_len, config.chunks, config.per_document,
                              seed=config.seed)
+    if note := missing_sources_note(config.split):
+        tqdm.write(note)
     task_data = {t: task_samples(lm, t, config.samples, config.seed) for t in task_settings(config)}
     timing = {"setup": time.perf_counter() - started}
     results, cells = {}, {"measured": 0, "cached": 0}
@@ -380,6 +382,7 @@ def run_evaluation(config: EvalConfig) -> dict:
         "budgets": [budget_info(b) for b in budgets],
         "data": {"chunks": len(chunks), "chunk_len": config.chunk_len, "split": config.split,
                  "chunk_sources": [chunk_info(c) for c in chunks],
+                 "missing_sources": missing_sources(config.split),
                  **{t.stage: len(samples) for t, samples in task_data.items()}},
         "timing_s": {k: round(v, 2) for k, v in timing.items()}, "cells": cells, "results": results,
     }
