@@ -49,13 +49,14 @@ def available_outside() -> list[str]:
 def missing_sources(split: str) -> list[str]:
     """The sources a split draws from by default that are not installed here: without them the split's
     documents, hence an evaluation's chunks and its cached cells, differ from a machine that has them."""
-    known = OUTSIDE_SOURCES if split == "outside" else TRAINING_SOURCES
-    return [name for name in known if not SOURCES[name].installed()]
+    known, installed = (OUTSIDE_SOURCES, available_outside()) if split == "outside" else (
+        TRAINING_SOURCES, available_sources())
+    return [name for name in known if name not in installed]
 
 
-def missing_sources_note(split: str) -> str | None:
-    """A warning naming the missing sources and what installs them, or None when every source is here."""
-    missing = missing_sources(split)
+def missing_sources_note(split: str, missing: Sequence[str]) -> str | None:
+    """A warning naming a split's `missing` sources (`missing_sources`) and what installs them, or None when
+    every source is here."""
     if not missing:
         return None
     return (f"warning: sources {', '.join(missing)} are not installed here, so the {split} text differs from a "

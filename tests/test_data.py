@@ -129,9 +129,9 @@ def test_evaluation_chunks_spread_over_sources_and_documents(monkeypatch) -> Non
 def test_a_split_missing_sources_is_named_with_what_installs_them(monkeypatch) -> None:
     present = {n: Source(n, f"pkg-{n}", lambda: None, iter) for n in data.SOURCES}
     monkeypatch.setattr(data, "SOURCES", present)
-    assert data.missing_sources("heldout") == [] and data.missing_sources_note("heldout") is None
+    assert data.missing_sources("heldout") == [] and data.missing_sources_note("heldout", []) is None
     present["jargon"] = Source("jargon", "jargon-text", lambda: Path("/nonexistent/jargon.txt.gz"), iter)
     assert data.missing_sources("heldout") == ["jargon"]
     assert data.missing_sources("outside") == []
-    note = data.missing_sources_note("heldout")
+    note = data.missing_sources_note("heldout", data.missing_sources("heldout"))
     assert "jargon: jargon-text" in note and "not comparable" in note

@@ -361,7 +361,8 @@ def run_evaluation(config: EvalConfig) -> dict:
     setup = Setup(lm, config, policies, budgets, cache, processes)
     chunks = document_chunks(lm.tokenizer, config.split, config.chunk_len, config.chunks, config.per_document,
                              seed=config.seed)
-    if note := missing_sources_note(config.split):
+    missing = missing_sources(config.split)
+    if note := missing_sources_note(config.split, missing):
         tqdm.write(note)
     task_data = {t: task_samples(lm, t, config.samples, config.seed) for t in task_settings(config)}
     timing = {"setup": time.perf_counter() - started}
@@ -382,7 +383,7 @@ def run_evaluation(config: EvalConfig) -> dict:
         "budgets": [budget_info(b) for b in budgets],
         "data": {"chunks": len(chunks), "chunk_len": config.chunk_len, "split": config.split,
                  "chunk_sources": [chunk_info(c) for c in chunks],
-                 "missing_sources": missing_sources(config.split),
+                 "missing_sources": missing,
                  **{t.stage: len(samples) for t, samples in task_data.items()}},
         "timing_s": {k: round(v, 2) for k, v in timing.items()}, "cells": cells, "results": results,
     }

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core.data import missing_sources_note, token_chunks
+from core.data import missing_sources, missing_sources_note, token_chunks
 from core.eval.cache import CellCache, Key, digest, module_digest, package_files, source_digest
 from core.eval.config import model_slug
 from core.eval.intervals import exp_mean_interval, ratio_interval, resample_indices
@@ -179,7 +179,7 @@ def _predicted_over(by_setting: dict[Setting, list[float]], draws: np.ndarray) -
 
 def heldout_windows(lm: LoadedModel, config: ShadowEvalConfig) -> list[torch.Tensor]:
     """The evaluation's text: the first `windows` chunks of the held-out split (seeded order)."""
-    if note := missing_sources_note("heldout"):
+    if note := missing_sources_note("heldout", missing_sources("heldout")):
         tqdm.write(note)
     return token_chunks(lm.tokenizer, "heldout", config.window_len, max_chunks=config.windows, seed=config.seed)
 
