@@ -234,6 +234,34 @@ def test_evaluation_resumes_from_its_cells_and_measures_only_a_new_method(tiny_l
     assert fresh["perplexity"] == wider["perplexity"]
 
 
+class _Process:
+    """One of `num_processes` processes, run one after the other: the barrier has nothing to wait for."""
+
+    def __init__(self, index: int, count: int) -> None:
+        self.process_index, self.num_processes, self.is_main_process = index, count, index == 0
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_two_processes_share_the_windows_and_the_main_one_reports_what_one_process_does(tiny_lm, trained, tmp_path):
+    windows = list(token_ids(3, 32, seed=4))
+    common = dict(windows=3, window_len=32, prompt_len=16, sparsities=(0.5,), methods=("magnitude", "random"),
+                  out=str(tmp_path))
+    alone = run_shadow_evaluation(tiny_lm, ShadowEvalConfig(cache_dir=str(tmp_path / "one"), **common), trained[1],
+                                  windows, progress=False)
+    shared = ShadowEvalConfig(cache_dir=str(tmp_path / "two"), **common)
+    second = run_shadow_evaluation(tiny_lm, shared, trained[1], windows, progress=False, processes=_Process(1, 2))
+    assert second is None, "only the main process reports"
+    (own_file,) = (tmp_path / "two").glob("shadow_*.rank1.jsonl")
+    assert len(own_file.read_text().splitlines()) == 3, "process 1 measured window 1 alone: dense and both methods"
+    main_doc = run_shadow_evaluation(tiny_lm, shared, trained[1], windows, progress=False, processes=_Process(0, 2))
+    assert main_doc["cells"] == {"measured": 6, "cached": 3}, "window 1 came from process 1's file"
+    for doc in (alone, main_doc):
+        del doc["timing_s"], doc["cells"], doc["config"]["cache_dir"]
+    assert main_doc == alone
+
+
 def test_cli_turns_a_bad_sparsity_into_a_clear_error(capsys):
     assert main(["shadow-evaluate", "--sparsities", "0.5,1.2"]) == 2
     assert "error: The sparsity must be a number in [0, 1)" in capsys.readouterr().err

@@ -62,6 +62,8 @@ def cmd_shadow_evaluate(args: argparse.Namespace) -> int:
     lm = load(args.model, args.device, args.dtype)
     predictor = ShadowPredictor.load(config.predictor, lm.spec)
     doc = run_shadow_evaluation(lm, config, predictor, heldout_windows(lm, config))
+    if doc is None:  # another process of `accelerate launch`: the main one reports
+        return 0
     paths = write_results(doc, args.out)
     print(markdown_report(doc))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from core.data import missing_sources, missing_sources_note, token_chunks
 from core.eval.cache import CellCache, Key, digest, module_digest, package_files, source_digest
 from core.eval.config import model_slug
 from core.eval.intervals import exp_mean_interval, ratio_interval, resample_indices
+from core.eval.stages import eval_processes
 from core.models import DEFAULT_MODEL, LoadedModel
 from core.shadow.importance import capture
 from core.shadow.masking import Setting, ShadowMask, check_sparsity
@@ -185,17 +187,31 @@ def heldout_windows(lm: LoadedModel, config: ShadowEvalConfig) -> list[torch.Ten
 
 
 def run_shadow_evaluation(lm: LoadedModel, config: ShadowEvalConfig, predictor: ShadowPredictor,
-                          windows: list[torch.Tensor], progress: bool = True) -> dict:
+                          windows: list[torch.Tensor], progress: bool = True,
+                          processes: PartialState | None = None) -> dict | None:
     """The whole protocol on `windows` (token ids of `config.window_len`), resuming from the cell cache
-    under `config.cache_dir` (none when empty); returns the results document."""
+    under `config.cache_dir` (none when empty); returns the results document.
+
+    Under `accelerate launch` (or `processes` given) each process measures every n-th window into its own
+    cache file; after all have finished, the main process reads every file and returns the document, the
+    others return None."""
     started = time.perf_counter()
+    processes = processes or eval_processes()
+    rank, world = processes.process_index, processes.num_processes
     settings = settings_for(config)
     path = Path(config.cache_dir) / f"shadow_{model_slug(lm.spec.name)}.jsonl" if config.cache_dir else None
-    cells = WindowCells(CellCache(path), config, module_digest(predictor))
+    cells = WindowCells(CellCache(path, rank=rank), config, module_digest(predictor))
     wanted = [(w, m, config.seed + i) for i, w in enumerate(windows) for m in ("dense", *config.methods)]
     fresh = sum(cells.cache.get(cells.key(*cell)) is None for cell in wanted)
-    measured = [evaluate_window(lm, w, settings, predictor, config.seed + i, cells)
-                for i, w in enumerate(tqdm(windows, desc="shadow eval", unit="window", disable=not progress))]
+    mine = [(i, w) for i, w in enumerate(windows) if i % world == rank]
+    for i, w in tqdm(mine, desc="shadow eval", unit="window", disable=not progress or not processes.is_main_process):
+        evaluate_window(lm, w, settings, predictor, config.seed + i, cells)
+    if world > 1:
+        processes.wait_for_everyone()
+        cells.cache.reload()
+    if not processes.is_main_process:
+        return None
+    measured = [evaluate_window(lm, w, settings, predictor, config.seed + i, cells) for i, w in enumerate(windows)]
     return {
         "model": lm.spec.to_dict(),
         "config": asdict(config),
