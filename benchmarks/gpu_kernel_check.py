@@ -1,0 +1,71 @@
+"""The Triton decode kernels compiled on a real GPU (not interpreted) against their torch references.
+
+tests/test_kernels.py checks the same kernels under TRITON_INTERPRET=1 on CPU; this runs its cases (and
+three at real model shapes: Llama-3-8B attention at 4k and 32k, SmolLM2-135M's at 4k) through the same
+`check_case` with every tensor on CUDA, and writes one JSON result per case (ok, max error, seconds).
+Needs CUDA: without it, it says so and exits with status 2.
+
+    python benchmarks/gpu_kernel_check.py    # writes assets/results/gpu_kernel_check.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests import test_kernels  # noqa: E402
+
+OUT = ROOT / "assets" / "results" / "gpu_kernel_check.json"
+MODEL_SHAPES = {
+    "sparse-bf16-llama8b-32k-2048": dict(kind="sparse", dtype="bfloat16", b=1, hq=32, hkv=8, t=32768, d=128, k=2048),
+    "sparse-fp16-smollm-4k-256-b2": dict(
+        kind="sparse", dtype="float16", b=2, hq=9, hkv=3, t=4096, d=64, k=256, lengths=True
+    ),
+    "full-bf16-llama8b-4k": dict(kind="full", dtype="bfloat16", b=1, hq=32, hkv=8, t=4096, d=128),
+}
+
+
+def on_cuda() -> None:
+    """Point test_kernels' input builders at CUDA, so check_case runs the compiled kernels."""
+    make_inputs = test_kernels.make_inputs
+
+    def cuda_inputs(spec: dict, seed: int = 0) -> dict[str, torch.Tensor | None]:
+        return {k: None if v is None else v.cuda() for k, v in make_inputs(spec, seed).items()}
+
+    test_kernels.make_inputs = cuda_inputs
+    test_kernels.all_positions = lambda b, hkv, t: torch.arange(t, device="cuda").expand(b, hkv, t).contiguous()
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("No CUDA device here: gpu_kernel_check.py compiles the Triton kernels for a GPU.", file=sys.stderr)
+        return 2
+    import triton
+
+    on_cuda()
+    results: dict[str, object] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                  "triton": triton.__version__}
+    for name, spec in {**test_kernels.CASES, **MODEL_SHAPES}.items():
+        start = time.perf_counter()
+        try:
+            row = {"ok": True, "max_err": test_kernels.check_case(spec)}
+        except Exception as exc:  # each case reports its own failure
+            row = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:800]}"}
+        row["s"] = round(time.perf_counter() - start, 2)
+        results[name] = row
+        print(name, row, flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2))
+    return 0 if all(r["ok"] for r in results.values() if isinstance(r, dict)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
