@@ -10,6 +10,7 @@ Needs CUDA: without it, it says so and exits with status 2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -44,7 +45,10 @@ def on_cuda() -> None:
     test_kernels.all_positions = lambda b, hkv, t: torch.arange(t, device="cuda").expand(b, hkv, t).contiguous()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=OUT, help=f"JSON output (default {OUT.relative_to(ROOT)})")
+    args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("No CUDA device here: gpu_kernel_check.py compiles the Triton kernels for a GPU.", file=sys.stderr)
         return 2
@@ -62,8 +66,8 @@ def main() -> int:
         row["s"] = round(time.perf_counter() - start, 2)
         results[name] = row
         print(name, row, flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(results, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
     return 0 if all(r["ok"] for r in results.values() if isinstance(r, dict)) else 1
 
 

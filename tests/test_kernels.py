@@ -201,9 +201,9 @@ def load_bench():
     return module
 
 
-def run_bench(*args: str, **env: str) -> subprocess.CompletedProcess:
+def run_bench(*args: str, script: Path = BENCH, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(BENCH), *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+        [sys.executable, str(script), *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
         timeout=120,
     )
 
@@ -220,6 +220,15 @@ def test_gpu_bench_refuses_without_cuda(tmp_path):
     proc = run_bench("--out", str(out), CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 2
     assert "No CUDA device" in proc.stderr and "Nothing was measured" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("script", ["gpu_kernel_check.py", "profile_gpu_step.py"])
+def test_gpu_companions_refuse_without_cuda(tmp_path, script):
+    out = tmp_path / "gpu.json"
+    proc = run_bench("--out", str(out), script=BENCH.parent / script, CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 2
+    assert "No CUDA device" in proc.stderr
     assert not out.exists()
 
 
