@@ -57,7 +57,7 @@ CASES: dict[str, dict] = {
 }
 
 
-def make_inputs(spec: dict, seed: int = 0) -> dict[str, torch.Tensor | None]:
+def make_inputs(spec: dict, seed: int = 0, device: str = "cpu") -> dict[str, torch.Tensor | None]:
     """Random q/k/v, optional lengths in [T/2, T] (int64, or int32 if spec["lengths"] == "int32"), and sorted
     indices with per-head ragged budgets.
 
@@ -78,13 +78,14 @@ def make_inputs(spec: dict, seed: int = 0) -> dict[str, torch.Tensor | None]:
             n = int(torch.randint(1, k + 1, (1,), generator=gen))
             rest = torch.randperm(t - 1, generator=gen)[: n - 1] + 1
             indices[i, h, :n] = torch.cat([torch.zeros(1, dtype=torch.long), rest]).sort().values
-    return {
+    made = {
         "q": torch.randn(b, hq, d, generator=gen).to(dtype),
         "k": torch.randn(b, hkv, t, d, generator=gen).to(dtype),
         "v": torch.randn(b, hkv, t, d, generator=gen).to(dtype),
         "indices": indices,
         "lengths": lengths,
     }
+    return {name: None if x is None else x.to(device) for name, x in made.items()}
 
 
 def naive_attention(
@@ -103,8 +104,8 @@ def naive_attention(
     return out
 
 
-def all_positions(b: int, hkv: int, t: int) -> torch.Tensor:
-    return torch.arange(t).expand(b, hkv, t).contiguous()
+def all_positions(b: int, hkv: int, t: int, device: str = "cpu") -> torch.Tensor:
+    return torch.arange(t, device=device).expand(b, hkv, t).contiguous()
 
 
 # ---------------------------------------------------------------- references (in-process, CPU)
@@ -262,18 +263,19 @@ def test_gpu_bench_measures_through_core_on_cpu(tmp_path):
 # ---------------------------------------------------------------- Triton kernels (interpreted, subprocess)
 
 
-def check_case(spec: dict) -> float:
-    """Run one case through the Triton kernel and its reference; raise on mismatch, return the max error."""
+def check_case(spec: dict, device: str = "cpu") -> float:
+    """Run one case through the Triton kernel and its reference on `device` (the interpreter on CPU, the
+    compiled kernel on CUDA: benchmarks/gpu_kernel_check.py); raise on mismatch, return the max error."""
     from benchmarks.experimental import scoring_kernel
     from core.kernels import sparse_attention
 
-    x = make_inputs(spec)
+    x = make_inputs(spec, device=device)
     dtype = getattr(torch, spec["dtype"])
     tol = TOL[dtype]
     scale = spec["d"] ** -0.5
     q, k, v, lengths = x["q"], x["k"], x["v"], x["lengths"]
     if spec["kind"] in ("sparse", "full"):
-        indices = x["indices"] if spec["kind"] == "sparse" else all_positions(spec["b"], spec["hkv"], spec["t"])
+        indices = x["indices"] if spec["kind"] == "sparse" else all_positions(spec["b"], spec["hkv"], spec["t"], device)
         got = sparse_attention.sparse_decode_attention(q, k, v, indices, scale, lengths, spec.get("splits"))
         if spec["kind"] == "sparse":
             want = reference.sparse_decode_attention(q, k, v, indices, scale, lengths)
