@@ -185,26 +185,29 @@ def test_evaluation_runs_end_to_end_and_writes_its_reports(tiny_lm, trained, tmp
     ppl = doc["perplexity"]
     assert set(ppl["global"]["heads"]) == set(config.methods) and "predicted" in ppl["layer"]["heads"]
     assert doc["rank_correlation"]["static"]["heads_within_layer"] <= 1.0
-    assert set(ppl["predicted_over"]["heads"]) == set(config.methods) - {"predicted"}
+    assert set(ppl["paired_over"]["predicted"]["heads"]) == set(config.methods) - {"predicted"}
+    assert set(ppl["paired_over"]) == {"predicted", "magnitude", "direct"} & set(config.methods)
     paths = write_results(doc, tmp_path)
     assert "| predicted |" in paths["md"].read_text() and paths["html"].stat().st_size > 0
     assert "predicted mask's perplexity over each other mask's, heads" in paths["md"].read_text()
+    assert "magnitude mask's perplexity over each other mask's, neurons" in paths["md"].read_text()
 
 
 def test_the_paired_ratio_follows_every_window_difference():
     from core.eval.intervals import resample_indices
-    from core.shadow.evaluate import _predicted_over
+    from core.shadow.evaluate import paired_over
     from core.shadow.masking import Setting
 
     draws = resample_indices(3, 500, 0)
     losses = {Setting("predicted", "heads", 0.5): [1.0, 2.0, 3.0], Setting("static", "heads", 0.5): [1.5, 2.5, 3.5],
               Setting("magnitude", "heads", 0.5): [0.0, 2.0, 4.0],
               Setting("static", "heads", 0.5, "layer"): [9.0, 9.0, 9.0]}
-    ratios = _predicted_over(losses, draws)["heads"]
-    assert set(ratios) == {"static", "magnitude"}, "per-layer scope and the prediction itself are not rivals"
+    ratios = paired_over(losses, draws, "predicted")["heads"]
+    assert set(ratios) == {"static", "magnitude"}, "per-layer scope and the reference itself are not rivals"
     assert ratios["static"]["0.5"] == pytest.approx([math.exp(-0.5)] * 3)  # the same gain on every window
     ratio, low, high = ratios["magnitude"]["0.5"]
     assert ratio == pytest.approx(1.0) and low < 1.0 < high  # gains and losses that cancel: not separated
+    assert paired_over(losses, draws, "static")["heads"]["predicted"]["0.5"] == pytest.approx([math.exp(0.5)] * 3)
 
 
 def test_evaluation_resumes_from_its_cells_and_measures_only_a_new_method(tiny_lm, trained, tmp_path, monkeypatch):

@@ -36,6 +36,9 @@ from core.shadow.sweep import masked_nll, perplexity
 from core.spec import FIRST_SPARSE_LAYER
 
 UNITS = ("heads", "neurons")
+# masks every other mask is compared with, paired over windows: the predictor (the issue's goal), the best
+# practical criterion on this model, and the direct measure (the truth the criteria are judged by)
+PAIRED_REFERENCES = ("predicted", "magnitude", "direct")
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,8 @@ def reduce_windows(cells: list[dict], settings: list[Setting], resamples: int = 
         cell[f"{s.sparsity:g}"] = perplexity(_mean(losses))
         bounds = ppl["interval"].setdefault(s.scope, {}).setdefault(s.unit, {}).setdefault(s.method, {})
         bounds[f"{s.sparsity:g}"] = exp_mean_interval(losses, draws)
-    ppl["predicted_over"] = _predicted_over(by_setting, draws)
+    ppl["paired_over"] = {ref: paired_over(by_setting, draws, ref) for ref in PAIRED_REFERENCES
+                          if any(s.method == ref for s in settings)}
     methods = list(cells[0]["agreement"])
     agreement = {m: {k: _mean([c["agreement"][m][k] for c in cells]) for k in cells[0]["agreement"][m]}
                  for m in methods}
@@ -164,14 +168,14 @@ def reduce_windows(cells: list[dict], settings: list[Setting], resamples: int = 
     return {"perplexity": ppl, "rank_correlation": agreement, "rank_correlation_by_layer": by_layer}
 
 
-def _predicted_over(by_setting: dict[Setting, list[float]], draws: np.ndarray) -> dict:
-    """The predicted mask's perplexity over each other method's at the same setting, paired over windows
-    (global ranking): {unit: {method: {sparsity: [ratio, low, high]}}}; below 1 the prediction prunes better,
-    and an interval wholly below 1 separates the two."""
+def paired_over(by_setting: dict[Setting, list[float]], draws: np.ndarray, reference: str) -> dict:
+    """The `reference` mask's perplexity over each other method's at the same setting, paired over windows
+    (global ranking): {unit: {method: {sparsity: [ratio, low, high]}}}; below 1 the reference prunes better,
+    and an interval wholly on one side of 1 separates the two."""
     out: dict = {}
     for s, losses in by_setting.items():
-        mine = by_setting.get(Setting("predicted", s.unit, s.sparsity, s.scope))
-        if s.scope != "global" or s.method == "predicted" or mine is None:
+        mine = by_setting.get(Setting(reference, s.unit, s.sparsity, s.scope))
+        if s.scope != "global" or s.method == reference or mine is None:
             continue
         ratio = perplexity(_mean(mine) - _mean(losses))
         low, high = ratio_interval(mine, losses, [1] * len(losses), draws)

@@ -79,9 +79,10 @@ def markdown_report(doc: dict) -> str:
         lines += ["", f"## {TITLES[unit]} [95% interval over windows]", "", *_ppl_table(ppl["global"][unit], intervals)]
     scope = _scope_table(ppl)
     lines += ["", "## Global vs per-layer ranking, 50% head sparsity", "", *scope] if scope else []
-    for unit, rivals in ppl.get("predicted_over", {}).items():
-        lines += ["", f"## The predicted mask's perplexity over each other mask's, {unit} (paired over windows, "
-                  "[95% interval]; below 1: the prediction prunes better)", "", *_ratio_table(rivals)]
+    for reference, by_unit in ppl.get("paired_over", {}).items():
+        for unit, rivals in by_unit.items():
+            lines += ["", f"## The {reference} mask's perplexity over each other mask's, {unit} (paired over "
+                      f"windows, [95% interval]; below 1: {reference} prunes better)", "", *_ratio_table(rivals)]
     lines += ["", "## Spearman's rho against the prompt's true plainact (layers >= 1)", "",
               *_rank_table(doc["rank_correlation"])]
     return "\n".join(lines) + "\n"
