@@ -374,3 +374,33 @@ def test_continuation_targets_take_features_from_the_prompt_and_importance_from_
         torch.testing.assert_close(getattr(split.scores["magnitude"], unit), by_hand, rtol=1e-4, atol=1e-5)
     with pytest.raises(PromptError, match="continuation"):
         capture(tiny_lm, ids, ["magnitude"], prompt_len=19)
+
+
+def test_round_targets_are_each_prompts_iterative_order_shared_by_processes_and_resumed(tiny_lm, tmp_path,
+                                                                                        monkeypatch):
+    import core.shadow.dataset as dataset
+    from core.shadow.methods import method_scores
+
+    prompts = [p[:n] for p, n in zip(token_ids(3, 16, seed=5), (16, 10, 12), strict=True)]
+    part = tmp_path / "targets.pt"
+    assert dataset.collect_round_targets(tiny_lm, prompts, "plainact-iterative", part, False, _Process(1, 2)) is None
+    (own,) = tmp_path.glob("targets.rank1.pt")
+    assert sorted(torch.load(own)) == [2], "process 1 takes every second prompt in order of length: 10, 12, 16"
+    data = dataset.collect_round_targets(tiny_lm, prompts, "plainact-iterative", part, False, _Process(0, 2))
+    assert len(data) == 3 and set(data.features) == {"mean", "last"}
+    for i, prompt in enumerate(prompts):
+        cap = capture(tiny_lm, prompt[None], ["plainact"])
+        order = method_scores(cap, ["plainact-iterative"], lm=tiny_lm, prompt=prompt)["plainact-iterative"]
+        assert torch.equal(data.targets.heads[i], order.heads[0]) and torch.equal(data.targets.neurons[i],
+                                                                                  order.neurons[0])
+        torch.testing.assert_close(data.features["mean"][i], cap.features["mean"][0])
+    monkeypatch.setattr(dataset, "method_scores", lambda *a, **k: pytest.fail("a saved prompt was measured again"))
+    again = dataset.collect_round_targets(tiny_lm, prompts, "plainact-iterative", part, False, _Process(0, 2))
+    assert torch.equal(again.targets.neurons, data.targets.neurons)
+
+
+def test_a_round_criterion_takes_no_continuation(tiny_lm, tmp_path):
+    from core.shadow.dataset import cached_targets
+
+    with pytest.raises(ValueError, match="no continuation"):
+        cached_targets(tiny_lm, list(token_ids(1, 20)), "plainact-iterative", cache_dir=tmp_path, continuation=4)

@@ -8,9 +8,9 @@ from dataclasses import asdict
 
 from core.args import add_model_args, split_csv, split_ints
 from core.models import load
-from core.shadow.dataset import CACHE_DIR, cached_targets, training_prompts
+from core.shadow.dataset import CACHE_DIR, TRAIN_CRITERIA, cached_targets, training_prompts
 from core.shadow.evaluate import ShadowEvalConfig, heldout_windows, run_shadow_evaluation
-from core.shadow.importance import CRITERIA, POOLS
+from core.shadow.importance import POOLS
 from core.shadow.methods import METHODS
 from core.shadow.predictor import DEFAULT_DIR, ShadowConfig, ShadowPredictor
 from core.shadow.report import markdown_report, write_results
@@ -30,6 +30,8 @@ def cmd_shadow_train(args: argparse.Namespace) -> int:
     prompts = training_prompts(lm, args.prompts, args.lengths, args.seed, args.continuation)
     data = cached_targets(lm, prompts, args.criterion, args.batch_size, args.cache_dir,
                           continuation=args.continuation)
+    if data is None:  # another process of `accelerate launch`: the main one trains
+        return 0
     captured = time.perf_counter()
     predictor = ShadowPredictor(ShadowConfig.for_spec(lm.spec, criterion=args.criterion,
                                                       continuation=args.continuation, pool=args.pool,
@@ -78,8 +80,9 @@ def add_shadow_commands(subparsers) -> None:
     tr.add_argument("--prompts", type=int, default=768, help="training prompts, from distinct 'train' chunks")
     tr.add_argument("--lengths", type=split_ints, default=split_ints(TRAIN_LENGTHS),
                     help="prompt lengths in tokens, cycled")
-    tr.add_argument("--criterion", choices=CRITERIA, default="magnitude",
-                    help="the importance the predictor learns (magnitude prunes best on the default model)")
+    tr.add_argument("--criterion", choices=TRAIN_CRITERIA, default="magnitude",
+                    help="the importance the predictor learns (magnitude prunes best at 50%% of heads on the default "
+                         "model; plainact-iterative at 75%%, one prompt at a time: run it under accelerate launch)")
     tr.add_argument("--continuation", type=int, default=ShadowConfig.continuation,
                     help="learn the importance of this many tokens after each prompt (0: of the prompt itself)")
     tr.add_argument("--batch-size", type=int, default=8, help="prompts per capture pass")

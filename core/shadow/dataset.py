@@ -2,7 +2,9 @@
 
 The expensive part is one forward + backward per prompt; the result (layer-0 features, every pooling, and
 per-layer normalized targets) is cached under runs/shadow/ keyed by the model, the criterion, the prompts and
-the continuation, so retraining the small network costs seconds.
+the continuation, so retraining the small network costs seconds. A criterion measured in rounds under masks
+(plainact-iterative, about 13 s a prompt on one thread) runs prompt by prompt, shared among the processes of
+`accelerate launch`, each saving its prompts as they finish so a stopped capture resumes.
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from core.data import token_chunks
 from core.eval.cache import digest
+from core.eval.stages import eval_processes
 from core.models import LoadedModel
-from core.shadow.importance import UnitScores, capture
+from core.shadow.importance import CRITERIA, UnitScores, capture
+from core.shadow.methods import criteria_for, method_scores
 
 CACHE_DIR = Path("runs/shadow")
 CACHE_FORMAT = 2  # bump when what a cache file holds changes
+ROUND_CRITERIA = ("plainact-iterative",)  # measured in rounds under masks (core.shadow.methods): one prompt at a time
+TRAIN_CRITERIA = (*CRITERIA, *ROUND_CRITERIA)
+SAVE_EVERY = 16  # prompts between saves of a process's part of a per-prompt capture
 
 
 @dataclass
@@ -73,6 +81,37 @@ def collect_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], criterion:
     return _from_tensors(stacked)
 
 
+def collect_round_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], criterion: str, part: Path | None,
+                          progress: bool = True, processes: PartialState | None = None) -> TargetSet | None:
+    """A round criterion's scores (a removal order, comparable across layers as it is) for each prompt, one by
+    one. Each process takes every n-th prompt in order of length (balanced work), saves its rows to `part`
+    with its rank every `SAVE_EVERY` prompts and resumes from it; the main process returns all prompts'
+    targets, the others None."""
+    processes = processes or eval_processes()
+    rank, world = processes.process_index, processes.num_processes
+    parts = [part.with_suffix(f".rank{r}.pt") for r in range(world)] if part else []
+    rows: dict[int, dict[str, torch.Tensor]] = torch.load(parts[rank]) if parts and parts[rank].is_file() else {}
+    by_length = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    todo = [i for i in by_length[rank::world] if i not in rows]
+    for count, index in enumerate(tqdm(todo, desc=f"{criterion} targets", unit="prompt",
+                                       disable=not progress or not processes.is_main_process), start=1):
+        prompt = prompts[index]
+        cap = capture(lm, prompt[None], criteria_for([criterion]))
+        scores = method_scores(cap, [criterion], lm=lm, prompt=prompt)[criterion]
+        rows[index] = {"heads": scores.heads[0], "neurons": scores.neurons[0],
+                       **{f"feature_{pool}": f[0] for pool, f in cap.features.items()}}
+        if parts and (count % SAVE_EVERY == 0 or count == len(todo)):
+            torch.save(rows, parts[rank])
+    if world > 1:
+        processes.wait_for_everyone()
+    if not processes.is_main_process:
+        return None
+    for other in parts:
+        rows |= torch.load(other)
+    stacked = {key: torch.stack([rows[i][key] for i in range(len(prompts))]) for key in rows[0]}
+    return _from_tensors(stacked)
+
+
 def _from_tensors(tensors: dict[str, torch.Tensor]) -> TargetSet:
     features = {k.removeprefix("feature_"): v for k, v in tensors.items() if k.startswith("feature_")}
     return TargetSet(features, UnitScores(tensors["heads"], tensors["neurons"]))
@@ -85,14 +124,21 @@ def _to_tensors(data: TargetSet) -> dict[str, torch.Tensor]:
 
 def cached_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], criterion: str = "plainact",
                    batch_size: int = 8, cache_dir: str | Path = CACHE_DIR, progress: bool = True,
-                   continuation: int = 0) -> TargetSet:
-    """`collect_targets`, read from / written to `cache_dir` (keyed by model fingerprint, criterion, prompts and
-    continuation)."""
+                   continuation: int = 0) -> TargetSet | None:
+    """`collect_targets` (or `collect_round_targets`), read from / written to `cache_dir` (keyed by model
+    fingerprint, criterion, prompts and continuation); None in a process of `accelerate launch` but the main one."""
     key = digest(CACHE_FORMAT, lm.spec.fingerprint, criterion, continuation, *prompts)
     path = Path(cache_dir) / f"targets-{key}.pt"
     if path.is_file():
         return _from_tensors(torch.load(path))
-    targets = collect_targets(lm, prompts, criterion, batch_size, progress, continuation)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if criterion in ROUND_CRITERIA:
+        if continuation:
+            raise ValueError(f"{criterion} is measured on the prompt itself; it takes no continuation.")
+        targets = collect_round_targets(lm, prompts, criterion, path, progress)
+        if targets is None:  # another process of `accelerate launch`: the main one saves and trains
+            return None
+    else:
+        targets = collect_targets(lm, prompts, criterion, batch_size, progress, continuation)
     torch.save(_to_tensors(targets), path)
     return targets
