@@ -404,3 +404,23 @@ def test_a_round_criterion_takes_no_continuation(tiny_lm, tmp_path):
 
     with pytest.raises(ValueError, match="no continuation"):
         cached_targets(tiny_lm, list(token_ids(1, 20)), "plainact-iterative", cache_dir=tmp_path, continuation=4)
+
+
+def test_combined_criteria_rank_by_the_mean_of_both_ranks_and_the_report_pairs_windows(tmp_path):
+    from benchmarks.shadow_combine import rank_mean, report
+
+    a = UnitScores(torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]), torch.zeros(3, 2))
+    b = UnitScores(torch.tensor([[0.0, 0.0], [40.0, 30.0], [20.0, 10.0]]), torch.zeros(3, 2))
+    mean = rank_mean(a, b).heads  # ranks over all 6 units: a 0,1,2,3,4,5 (ties by position) and b 0,1,5,4,3,2
+    torch.testing.assert_close(mean[1:], torch.tensor([[3.5, 3.5], [3.5, 3.5]]) / 5)
+    assert torch.equal(rank_mean(a, a).heads.flatten().argsort(), a.heads.flatten().argsort())
+    shards = []
+    for i, losses in enumerate(({"dense": 1.0, "magnitude|heads|0.5": 2.0, "x|heads|0.5": 2.5},
+                                {"dense": 1.0, "magnitude|heads|0.5": 3.0, "x|heads|0.5": 3.5})):
+        shards.append(tmp_path / f"part{i}.json")
+        shards[-1].write_text(json.dumps({str(i): losses}))
+    doc = report(shards, tmp_path / "out.json", resamples=200)
+    assert doc["windows"] == 2 and doc["dense"] == pytest.approx(math.e)
+    ratio = doc["over_magnitude"]["heads"]["x"]["0.5"]
+    assert ratio == pytest.approx([math.exp(-0.5)] * 3), "magnitude is 0.5 nats better on every window"
+    assert doc["perplexity"]["heads"]["magnitude"]["0.5"][0] == pytest.approx(math.exp(2.5))
