@@ -304,6 +304,16 @@ def test_a_predictor_is_judged_against_the_criterion_it_learned(tiny_lm):
     assert "| true magnitude |" in summary and "| plainact |" in summary and "true plainact" not in summary
 
 
+def test_the_page_analyses_a_predictor_of_a_round_criterion(tiny_lm):
+    torch.manual_seed(0)
+    config = ShadowConfig.for_spec(tiny_lm.spec, width=32, neuron_rank=4, criterion="plainact-iterative")
+    result = analyze_prompt(tiny_lm, ShadowPredictor(config), "The quick brown fox jumps over the lazy dog.", 0.5, 0.0)
+    assert result.truth == "plainact-iterative" and "plainact-iterative" in result.masks
+    order = result.scores["plainact-iterative"]
+    assert order.heads[1:].min() >= 0 and order.heads.max() <= 7, "a removal order of 6 rounds"
+    assert result.agreement == rank_agreement(result.scores["predicted"][None], order[None])
+
+
 @pytest.mark.slow
 def test_shipped_predictor_ranks_heads_on_the_real_model(smol):
     predictor = ShadowPredictor.load(DEFAULT_DIR, smol.spec)

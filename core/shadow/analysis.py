@@ -109,7 +109,7 @@ def analyze_prompt(lm: LoadedModel, predictor: ShadowPredictor, prompt: str, hea
     truth = predictor.config.criterion
     shown = shown_methods(truth)
     cap = capture(lm, ids, criteria_for(shown))
-    scores = {m: s[0] for m, s in method_scores(cap, shown, predictor).items()}
+    scores = {m: s[0] for m, s in method_scores(cap, shown, predictor, lm=lm, prompt=ids[0]).items()}
     chosen = {m: choose_mask(scores[m], head_sparsity, neuron_sparsity, scope) for m in shown}
     losses = masked_nll(lm, ids, [ShadowMask.dense(lm.spec), *chosen.values(), *_sweep_masks(scores, shown, scope)])
     ppl = [perplexity(x) for x in losses]
