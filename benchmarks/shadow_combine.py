@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from core.eval.intervals import exp_mean_interval, ratio_interval, resample_indices
 from core.models import DEFAULT_MODEL, load
-from core.shadow import UnitScores, capture
+from core.shadow import capture
+from core.shadow.combine import rank_mean
 from core.shadow.evaluate import UNITS, ShadowEvalConfig, heldout_windows
 from core.shadow.masking import Setting, ShadowMask
 from core.shadow.methods import criteria_for, method_scores
@@ -32,17 +33,6 @@ SINGLES = ("magnitude", "plainact-iterative", "contribution")
 PAIRS = (("magnitude", "plainact-iterative"), ("magnitude", "contribution"))
 REFERENCE = "magnitude"
 OUT = Path("assets/results/shadow_combine.json")
-
-
-def global_ranks(scores: torch.Tensor) -> torch.Tensor:
-    """[L, U] scores -> [L, U] ranks over every unit of the kind at once, scaled to [0, 1]."""
-    flat = scores.flatten().float()
-    return (flat.argsort().argsort().float() / max(1, flat.numel() - 1)).view_as(scores)
-
-
-def rank_mean(a: UnitScores, b: UnitScores) -> UnitScores:
-    """Equal-weight mean of two methods' global ranks, per unit kind."""
-    return UnitScores(*((global_ranks(getattr(a, u)) + global_ranks(getattr(b, u))) / 2 for u in UNITS))
 
 
 def window_losses(lm, window: torch.Tensor, prompt_len: int, sparsities: tuple[float, ...]) -> dict[str, float]:

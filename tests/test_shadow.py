@@ -304,14 +304,15 @@ def test_a_predictor_is_judged_against_the_criterion_it_learned(tiny_lm):
     assert "| true magnitude |" in summary and "| plainact |" in summary and "true plainact" not in summary
 
 
-def test_the_page_analyses_a_predictor_of_a_round_criterion(tiny_lm):
+def test_the_page_analyses_a_predictor_of_a_combined_round_criterion(tiny_lm):
     torch.manual_seed(0)
-    config = ShadowConfig.for_spec(tiny_lm.spec, width=32, neuron_rank=4, criterion="plainact-iterative")
+    config = ShadowConfig.for_spec(tiny_lm.spec, width=32, neuron_rank=4, criterion="magnitude+plainact-iterative")
     result = analyze_prompt(tiny_lm, ShadowPredictor(config), "The quick brown fox jumps over the lazy dog.", 0.5, 0.0)
-    assert result.truth == "plainact-iterative" and "plainact-iterative" in result.masks
-    order = result.scores["plainact-iterative"]
-    assert order.heads[1:].min() >= 0 and order.heads.max() <= 7, "a removal order of 6 rounds"
-    assert result.agreement == rank_agreement(result.scores["predicted"][None], order[None])
+    truth = result.scores["magnitude+plainact-iterative"]
+    assert result.truth == "magnitude+plainact-iterative" and "magnitude+plainact-iterative" in result.masks
+    assert truth.heads.min() >= 0 and truth.heads.max() <= 1, "a mean of ranks scaled to [0, 1]"
+    assert not torch.equal(truth.heads.argsort(), result.scores["magnitude"].heads.argsort())
+    assert result.agreement == rank_agreement(result.scores["predicted"][None], truth[None])
 
 
 @pytest.mark.slow
@@ -409,6 +410,21 @@ def test_round_targets_are_each_prompts_iterative_order_shared_by_processes_and_
     assert torch.equal(again.targets.neurons, data.targets.neurons)
 
 
+def test_combined_targets_are_the_rank_mean_of_each_parts_cached_targets(tiny_lm, tmp_path):
+    from core.shadow.combine import rank_mean
+    from core.shadow.dataset import cached_targets
+
+    prompts = list(token_ids(2, 12, seed=2))
+    both = cached_targets(tiny_lm, prompts, "magnitude+plainact-iterative", cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("targets-*.pt"))) == 2, "each part cached once, the combination not at all"
+    parts = [cached_targets(tiny_lm, prompts, c, cache_dir=tmp_path, progress=False)
+             for c in ("magnitude", "plainact-iterative")]
+    expected = rank_mean(parts[0].targets, parts[1].targets)
+    assert torch.equal(both.targets.heads, expected.heads) and torch.equal(both.targets.neurons, expected.neurons)
+    for row in range(2):  # ranks of each prompt on its own
+        torch.testing.assert_close(rank_mean(parts[0].targets[row]).heads, rank_mean(parts[0].targets)[row].heads)
+
+
 def test_a_round_criterion_takes_no_continuation(tiny_lm, tmp_path):
     from core.shadow.dataset import cached_targets
 
@@ -417,7 +433,8 @@ def test_a_round_criterion_takes_no_continuation(tiny_lm, tmp_path):
 
 
 def test_combined_criteria_rank_by_the_mean_of_both_ranks_and_the_report_pairs_windows(tmp_path):
-    from benchmarks.shadow_combine import rank_mean, report
+    from benchmarks.shadow_combine import report
+    from core.shadow.combine import rank_mean
 
     a = UnitScores(torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]), torch.zeros(3, 2))
     b = UnitScores(torch.tensor([[0.0, 0.0], [40.0, 30.0], [20.0, 10.0]]), torch.zeros(3, 2))

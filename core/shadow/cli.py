@@ -82,7 +82,8 @@ def add_shadow_commands(subparsers) -> None:
                     help="prompt lengths in tokens, cycled")
     tr.add_argument("--criterion", choices=TRAIN_CRITERIA, default="magnitude",
                     help="the importance the predictor learns (magnitude prunes best at 50%% of heads on the default "
-                         "model; plainact-iterative at 75%%, one prompt at a time: run it under accelerate launch)")
+                         "model among single criteria, plainact-iterative at 75%%, one prompt at a time: run it under "
+                         "accelerate launch; magnitude+plainact-iterative is the mean of both ranks)")
     tr.add_argument("--continuation", type=int, default=ShadowConfig.continuation,
                     help="learn the importance of this many tokens after each prompt (0: of the prompt itself)")
     tr.add_argument("--batch-size", type=int, default=8, help="prompts per capture pass")

@@ -22,13 +22,14 @@ from core.data import token_chunks
 from core.eval.cache import digest
 from core.eval.stages import eval_processes
 from core.models import LoadedModel
+from core.shadow.combine import COMBINATIONS, parts, rank_mean
 from core.shadow.importance import CRITERIA, UnitScores, capture
 from core.shadow.methods import criteria_for, method_scores
 
 CACHE_DIR = Path("runs/shadow")
 CACHE_FORMAT = 2  # bump when what a cache file holds changes
 ROUND_CRITERIA = ("plainact-iterative",)  # measured in rounds under masks (core.shadow.methods): one prompt at a time
-TRAIN_CRITERIA = (*CRITERIA, *ROUND_CRITERIA)
+TRAIN_CRITERIA = (*CRITERIA, *ROUND_CRITERIA, *COMBINATIONS)
 SAVE_EVERY = 16  # prompts between saves of a process's part of a per-prompt capture
 
 
@@ -127,6 +128,12 @@ def cached_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], criterion: 
                    continuation: int = 0) -> TargetSet | None:
     """`collect_targets` (or `collect_round_targets`), read from / written to `cache_dir` (keyed by model
     fingerprint, criterion, prompts and continuation); None in a process of `accelerate launch` but the main one."""
+    if criterion in COMBINATIONS:  # each part cached on its own, so a part is never measured twice
+        found = [cached_targets(lm, prompts, part, batch_size, cache_dir, progress, continuation)
+                 for part in parts(criterion)]
+        if any(f is None for f in found):
+            return None
+        return TargetSet(found[0].features, rank_mean(*(f.targets for f in found)))
     key = digest(CACHE_FORMAT, lm.spec.fingerprint, criterion, continuation, *prompts)
     path = Path(cache_dir) / f"targets-{key}.pt"
     if path.is_file():
@@ -141,4 +148,6 @@ def cached_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], criterion: 
     else:
         targets = collect_targets(lm, prompts, criterion, batch_size, progress, continuation)
     torch.save(_to_tensors(targets), path)
+    for part in path.parent.glob(f"{path.stem}.rank*.pt"):  # the processes' parts, now in the whole file
+        part.unlink()
     return targets
