@@ -90,8 +90,9 @@ def collect_round_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], crit
     targets, the others None."""
     processes = processes or eval_processes()
     rank, world = processes.process_index, processes.num_processes
-    parts = [part.with_suffix(f".rank{r}.pt") for r in range(world)] if part else []
-    rows: dict[int, dict[str, torch.Tensor]] = torch.load(parts[rank]) if parts and parts[rank].is_file() else {}
+    part_files = [part.with_suffix(f".rank{r}.pt") for r in range(world)] if part else []
+    own = part_files[rank] if part_files else None
+    rows: dict[int, dict[str, torch.Tensor]] = torch.load(own) if own and own.is_file() else {}
     by_length = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     todo = [i for i in by_length[rank::world] if i not in rows]
     for count, index in enumerate(tqdm(todo, desc=f"{criterion} targets", unit="prompt",
@@ -101,13 +102,13 @@ def collect_round_targets(lm: LoadedModel, prompts: Sequence[torch.Tensor], crit
         scores = method_scores(cap, [criterion], lm=lm, prompt=prompt)[criterion]
         rows[index] = {"heads": scores.heads[0], "neurons": scores.neurons[0],
                        **{f"feature_{pool}": f[0] for pool, f in cap.features.items()}}
-        if parts and (count % SAVE_EVERY == 0 or count == len(todo)):
-            torch.save(rows, parts[rank])
+        if own and (count % SAVE_EVERY == 0 or count == len(todo)):
+            torch.save(rows, own)
     if world > 1:
         processes.wait_for_everyone()
     if not processes.is_main_process:
         return None
-    for other in parts:
+    for other in part_files:
         rows |= torch.load(other)
     stacked = {key: torch.stack([rows[i][key] for i in range(len(prompts))]) for key in rows[0]}
     return _from_tensors(stacked)
