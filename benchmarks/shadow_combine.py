@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from core.eval.intervals import exp_mean_interval, ratio_interval, resample_indices
+from core.eval.intervals import exp_mean_interval, resample_indices
 from core.models import DEFAULT_MODEL, load
 from core.shadow import capture
 from core.shadow.combine import rank_mean
-from core.shadow.evaluate import UNITS, ShadowEvalConfig, heldout_windows
+from core.shadow.evaluate import UNITS, ShadowEvalConfig, heldout_windows, paired_over
 from core.shadow.masking import Setting, ShadowMask
 from core.shadow.methods import criteria_for, method_scores
 from core.shadow.sweep import masked_nll, perplexity
@@ -68,19 +68,13 @@ def report(parts: list[Path], out: Path, resamples: int = 2000, seed: int = 0) -
     order = sorted(windows, key=int)
     draws = resample_indices(len(order), resamples, seed)
     losses = {name: [windows[i][name] for i in order] for name in windows[order[0]]}
+    by_setting = {Setting(m, u, float(s)): values for name, values in losses.items() if name != "dense"
+                  for m, u, s in [name.split("|")]}
     doc: dict = {"windows": len(order), "dense": perplexity(sum(losses["dense"]) / len(order)), "perplexity": {},
-                 f"over_{REFERENCE}": {}}
-    for name, values in losses.items():
-        if name == "dense":
-            continue
-        method, unit, sparsity = name.split("|")
-        doc["perplexity"].setdefault(unit, {}).setdefault(method, {})[sparsity] = [
+                 f"over_{REFERENCE}": paired_over(by_setting, draws, REFERENCE)}
+    for setting, values in by_setting.items():
+        doc["perplexity"].setdefault(setting.unit, {}).setdefault(setting.method, {})[f"{setting.sparsity:g}"] = [
             perplexity(sum(values) / len(values)), *exp_mean_interval(values, draws)]
-        mine = losses[f"{REFERENCE}|{unit}|{sparsity}"]
-        if method != REFERENCE:
-            ratio = perplexity((sum(mine) - sum(values)) / len(values))
-            doc[f"over_{REFERENCE}"].setdefault(unit, {}).setdefault(method, {})[sparsity] = [
-                ratio, *ratio_interval(mine, values, [1] * len(values), draws)]
     out.write_text(json.dumps(doc, indent=1))
     print(f"{doc['windows']} windows, dense perplexity {doc['dense']:.2f}; perplexity [95%], then "
           f"{REFERENCE}'s perplexity over each (below 1: {REFERENCE} prunes better)")

@@ -15,7 +15,7 @@ import torch
 
 from core.decode import PromptError, encode_prompt
 from core.models import LoadedModel
-from core.shadow.combine import parts, rank_mean
+from core.shadow.combine import parts, rank_mean, singles
 from core.shadow.importance import Capture, UnitScores, capture
 from core.shadow.masking import Setting, ShadowMask, check_scope, check_sparsity, choose_mask
 from core.shadow.methods import criteria_for, method_scores
@@ -76,8 +76,7 @@ def shown_methods(truth: str) -> tuple[str, ...]:
 def shown_scores(cap: Capture, shown: Sequence[str], predictor: ShadowPredictor, lm: LoadedModel,
                  prompt: torch.Tensor) -> dict[str, UnitScores]:
     """[L, ...] scores of each shown method; a combined criterion is the rank mean of its parts."""
-    singles = list(dict.fromkeys(p for m in shown for p in parts(m)))
-    found = {m: s[0] for m, s in method_scores(cap, singles, predictor, lm=lm, prompt=prompt).items()}
+    found = {m: s[0] for m, s in method_scores(cap, singles(shown), predictor, lm=lm, prompt=prompt).items()}
     return {m: found[m] if m in found else rank_mean(*(found[p] for p in parts(m))) for m in shown}
 
 
@@ -117,7 +116,7 @@ def analyze_prompt(lm: LoadedModel, predictor: ShadowPredictor, prompt: str, hea
         raise PromptError(f"The prompt is {ids.shape[1]} tokens; the live analysis takes at most {max_tokens}.")
     truth = predictor.config.criterion
     shown = shown_methods(truth)
-    cap = capture(lm, ids, criteria_for([p for m in shown for p in parts(m)]))
+    cap = capture(lm, ids, criteria_for(singles(shown)))
     scores = shown_scores(cap, shown, predictor, lm, ids[0])
     chosen = {m: choose_mask(scores[m], head_sparsity, neuron_sparsity, scope) for m in shown}
     losses = masked_nll(lm, ids, [ShadowMask.dense(lm.spec), *chosen.values(), *_sweep_masks(scores, shown, scope)])

@@ -21,6 +21,11 @@ def parts(criterion: str) -> tuple[str, ...]:
     return tuple(criterion.split("+"))
 
 
+def singles(methods: list[str] | tuple[str, ...]) -> list[str]:
+    """The single methods these methods need, each once, in order (a combination needs its parts)."""
+    return list(dict.fromkeys(p for m in methods for p in parts(m)))
+
+
 def global_ranks(scores: torch.Tensor) -> torch.Tensor:
     """[..., L, U] scores -> ranks over all L x U units of each leading index at once, scaled to [0, 1]."""
     flat = scores.flatten(-2).float()
