@@ -7,6 +7,8 @@ assets/results/predictor_ablation.json.
     python benchmarks/compare_predictor_losses.py --steps 150 --variants kl mse
     python benchmarks/compare_predictor_losses.py --steps 150 --variants kl kl-i160 kl-g2-i96 \
         --out assets/results/predictor_capacity.json
+    python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-kl v4-rank v4-bce v4-kl-top \
+        --out assets/results/predictor_losses_v4.json      # the losses of the selection decision
 
 The shipped predictor (assets/predictor), when present, is scored on the same held-out chunks.
 """
@@ -24,10 +26,11 @@ import torch
 
 from core.checkpoint import CONFIG_FILE
 from core.data import token_chunks
+from core.losses import LOSSES, row_loss
 from core.metrics import hit_accuracy, top_mask
 from core.models import DEFAULT_MODEL, load
 from core.predictor import DEFAULT_DIR, Predictor
-from core.train import TrainConfig, capture_pass, row_logits, row_loss, sample_rows, train
+from core.train import TrainConfig, capture_pass, row_logits, sample_rows, train
 
 OUT = Path(__file__).resolve().parent.parent / "assets" / "results" / "predictor_ablation.json"
 VARIANTS = {
@@ -39,9 +42,11 @@ VARIANTS = {
     "kl-i160": {"inner": 160},
     "kl-g2-i96": {"group_layers": 2, "inner": 96},
 }
+V4 = {"dim": 32, "inner": 112, "key_bits": 8, "rows": 64, "lr": 2e-3}  # the shipped v4's shape and rates
+VARIANTS |= {f"v4-{loss}": {**V4, "loss": loss} for loss in LOSSES}
 
 
-RECALL_BUDGETS = (0.1, 0.25, 0.5)
+RECALL_BUDGETS = (0.05, 0.1, 0.25, 0.5)
 
 
 def recall_at(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor, frac: float) -> float:
@@ -87,14 +92,16 @@ def main() -> None:
     lm = load(args.model)
     train_chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=0, order="in-order")
     held = token_chunks(lm.tokenizer, "heldout", args.seq_len, max_chunks=args.heldout, seed=0)
-    results = {}
+    results = finished(args.out, args.steps, args.seq_len)
     for name in args.variants:
+        if name in results:  # scored by an earlier, interrupted run of the same comparison
+            continue
         folder = Path(f"runs/ablation-{name}")
-        config = replace(TrainConfig(steps=args.steps, seq_len=args.seq_len, save_every=10**9), **VARIANTS[name])
+        config = replace(TrainConfig(steps=args.steps, seq_len=args.seq_len, save_every=25), **VARIANTS[name])
         if args.score_only:  # re-score predictors trained by an earlier run
             predictor, history = Predictor.load(folder, lm.spec), json.loads((folder / "history.json").read_text())
-        else:
-            predictor, history = train(lm, train_chunks, folder, config, resume=False)
+        else:  # resumes the variant's checkpoint when an earlier run was stopped
+            predictor, history = train(lm, train_chunks, folder, config, resume=True)
         results[name] = {
             **heldout_scores(lm, predictor, held),
             **predictor.overheads(lm.spec, lm.parameter_count),
@@ -102,23 +109,38 @@ def main() -> None:
             "config": VARIANTS[name],
         }
         print(name, results[name])
+        write(args.out, args.steps, args.seq_len, results)
     if (DEFAULT_DIR / CONFIG_FILE).is_file():  # the shipped predictor, scored on the same held-out chunks
         shipped = Predictor.load(DEFAULT_DIR, lm.spec)
         results["shipped"] = {**heldout_scores(lm, shipped, held),
                               **shipped.overheads(lm.spec, lm.parameter_count)}
     trained = f"{args.steps} steps of {args.seq_len} tokens each; " if args.variants else ""
     print(f"\n{trained}held-out: {args.heldout} chunks of {args.seq_len} tokens\n")
-    print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | recall@10% | recall@25% | recall@50% "
-          "| params | extra cache |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | recall@5% | recall@10% | recall@25% "
+          "| recall@50% | params | extra cache |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
-            f"| {name} | {r['hit_last_row']:.3f} | {r['hit_rows']:.3f} | {r['kl']:.3f} | {r['recall_10%']:.3f} | "
+            f"| {name} | {r['hit_last_row']:.3f} | {r['hit_rows']:.3f} | {r['kl']:.3f} | {r['recall_5%']:.3f} | "
+            f"{r['recall_10%']:.3f} | "
             f"{r['recall_25%']:.3f} | {r['recall_50%']:.3f} | "
             f"{r['parameter_share']:.2%} | {r['cache_share']:.1%} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"steps": args.steps, "seq_len": args.seq_len, "results": results}, indent=2))
+    write(args.out, args.steps, args.seq_len, results)
+
+
+def finished(path: Path, steps: int, seq_len: int) -> dict:
+    """The variants already scored in `path` by a run of the same steps and length (none otherwise)."""
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    same = (saved.get("steps"), saved.get("seq_len")) == (steps, seq_len)
+    return {k: v for k, v in saved.get("results", {}).items() if k != "shipped"} if same else {}
+
+
+def write(path: Path, steps: int, seq_len: int, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"steps": steps, "seq_len": seq_len, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,13 +18,14 @@ from core.data import corpus_stats, token_chunks
 from core.decode import GenerationConfig, generate
 from core.eval.cli import add_evaluate_command
 from core.keysummary import SUMMARY_BITS
+from core.losses import LOSSES
 from core.models import load
 from core.policies import make_policy, policy_names
 from core.policies.double_sparsity import DEFAULT_DIR as CHANNELS_DIR
 from core.shadow.cli import add_shadow_commands
 from core.sources import chat_cache_dir
 from core.tiny import QUICK_MODEL, tiny_model
-from core.train import LOSSES, TrainConfig, train
+from core.train import TrainConfig, train
 
 TRAIN_FLAGS = {  # TrainConfig fields given as flags -> help (type and default come from TrainConfig)
     "steps": None,

@@ -3,9 +3,8 @@
 One step: a dense forward pass of the frozen model over a chunk of training text captures, per
 layer, the post-RoPE queries and keys and, at the producer layers, the attention inputs. The
 predictor then guesses every predicted layer's logits for `rows` sampled query rows, and the loss
-compares them with the true attention of those rows:
-- "kl": distribution matching, KL(true softmax || predicted softmax) over each row's causal past;
-- "mse": MSE between predicted and true pre-softmax logits (generation 1's loss).
+compares them with the true attention of those rows (`core.losses`: KL by default, MSE, or a loss on the
+selection decision itself).
 Training runs over a schedule of sequence lengths (e.g. 512 -> 2048 -> 4096), so the predictor
 sees the contexts the page serves; query rows are sampled across the whole length.
 `accelerate launch [--cpu] --num_processes N -m core train ...` runs N processes, each on its own
@@ -29,13 +28,13 @@ from tqdm.auto import tqdm
 from core.attention import SparseSession, activate
 from core.budget import Budget
 from core.checkpoint import CONFIG_FILE, replacing
+from core.losses import row_loss
 from core.metrics import hit_accuracy
 from core.models import LoadedModel
 from core.policies import make_policy
 from core.predictor import Predictor, PredictorConfig, calibrate_pairs
 
 STATE_FILE = "train_state.pt"
-LOSSES = ("kl", "mse")  # see the module docstring
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: float = 0.1
     clip: float = 20.0
-    loss: str = "kl"  # one of LOSSES
+    loss: str = "kl"  # one of core.losses.LOSSES
     dim: int = 16
     inner: int = 128
     group_layers: int = 4
@@ -129,16 +128,6 @@ def row_logits(
             true = torch.matmul(query[:, :, rows, :].float(), key.repeat_interleave(group, 1).float().transpose(-1, -2))
             causal = torch.arange(key.shape[2], device=key.device)[None, :] <= rows[:, None].to(key.device)
             yield layer, pred, true * scale, causal
-
-
-def row_loss(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor, kind: str) -> torch.Tensor:
-    """Loss of one layer's sampled rows ([B, Hq, R, T]) over each row's causal past."""
-    if kind == "mse":
-        return ((pred - true) ** 2).masked_select(causal.expand_as(pred)).mean()
-    log_q = torch.log_softmax(pred.masked_fill(~causal, float("-inf")), dim=-1)
-    p = torch.softmax(true.masked_fill(~causal, float("-inf")), dim=-1)
-    log_p = torch.log(p.clamp_min(1e-30))
-    return (p * (log_p - log_q.masked_fill(~causal, 0.0))).sum(-1).mean()
 
 
 def sample_rows(seq_len: int, rows: int, min_row: int, generator: random.Random) -> torch.Tensor:
@@ -242,10 +231,11 @@ def train(
         cap = capture_pass(lm, ids, model.config.producer_layers)
         rows = sample_rows(ids.numel(), config.rows, config.min_row, rng)
         losses, hits = [], []
+        pairs = torch.Generator(device=accelerator.device).manual_seed(rng.getrandbits(63))  # the rank loss's draws
         optimizer.zero_grad(set_to_none=True)
         with accelerator.autocast():
             for _, pred, true, causal in row_logits(model, cap, rows):
-                losses.append(row_loss(pred, true, causal, config.loss))
+                losses.append(row_loss(pred, true, causal, config.loss, pairs))
                 hits.append(hit_accuracy(pred.detach(), true, causal.sum(-1)).mean())
         loss = torch.stack(losses).mean()
         loss.backward()
