@@ -1,0 +1,153 @@
+"""Fused selection on CPU: score stored key codes against a step's queries and keep each row's top-k.
+
+A decode step of a summary-scoring method (TokenButler's key channels, Double Sparsity's label cache)
+reads one code per channel and token, scores it against every query head of the KV head's group, pools
+the heads and keeps the best `keep` tokens. Unfused, torch converts the whole code cache to fp32, runs a
+matmul, pools, and runs a top-k: four passes over context-sized tensors and a dozen small ops per
+group. Here one numba kernel (parallel over rows) does it in a single pass over the codes, in their
+stored 8 or 4 bits, accumulating in fp32 registers, then a partial selection (np.partition) finds the
+cut and one more pass writes the chosen indices in cache order.
+
+Rows R are every (layer, batch, KV head) scored at once. Pools:
+- "max": max over the group's heads of the logits (TokenButler);
+- "softmax-mean": mean over the heads of each head's softmax over tokens [0, total) (Double Sparsity).
+Ties at the cut go to the earlier token, exactly as `core.policies.base.topk_sorted`. Where numba is
+missing or cannot compile, `select_topk` runs the plain-torch `select_reference` (tested equal).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from core.keycodes import KeyCodes
+
+POOLS = ("max", "softmax-mean")
+log = logging.getLogger(__name__)
+
+
+def select_reference(
+    cache: KeyCodes, queries: torch.Tensor, multiplier: float, keep: int, start: int, stop: int, total: int,
+    pool: str = "max",
+) -> torch.Tensor:
+    """Plain torch: [R, H, C] fp32 queries -> [R, keep] ascending token indices in [start, stop)."""
+    values = cache.values(total)  # [R, total, C]
+    logits = torch.matmul(queries.float(), values.transpose(-1, -2)) * multiplier  # [R, H, total]
+    if pool == "max":
+        pooled = logits.amax(dim=1)
+    elif pool == "softmax-mean":
+        pooled = torch.softmax(logits, dim=-1).mean(dim=1)
+    else:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}.")
+    span = pooled[:, start:stop]
+    return span.argsort(dim=-1, descending=True, stable=True)[:, :keep].sort(dim=-1).values + start
+
+
+@functools.cache
+def _kernels() -> tuple[Callable, Callable] | None:
+    """The compiled numba kernels (scoring, taking), compiled on first use and cached on disk, or None
+    where they cannot build."""
+    try:
+        import numba
+    except ImportError:
+        log.info("numba is not installed: selection runs in plain torch")
+        return None
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+    def score(codes, scales, queries, multiplier, start, stop, total, packed, softmax, out):
+        """out [R, stop - start] pooled scores; queries [R, H, C'] with C' = 2 * planes when packed."""
+        rows, heads, _ = queries.shape
+        planes = codes.shape[2]
+        for r in numba.prange(rows):
+            lo = 0 if softmax else start
+            hi = total if softmax else stop
+            logits = np.empty((heads, hi - lo), np.float32)
+            for t in range(lo, hi):  # one token's codes meet every head of the group while in registers
+                code = codes[r, t]
+                for h in range(heads):
+                    q = queries[r, h]
+                    acc = np.float32(0.0)
+                    if packed:
+                        for c in range(planes):
+                            byte = code[c]
+                            acc += q[2 * c] * np.float32((byte & 15) - 8) + q[2 * c + 1] * np.float32((byte >> 4) - 8)
+                    else:
+                        for c in range(planes):
+                            acc += q[c] * np.float32(code[c])
+                    logits[h, t - lo] = acc * (scales[r, t] * multiplier)
+            if softmax:
+                out[r] = 0.0
+                for h in range(heads):
+                    top = logits[h].max()
+                    lse = top + np.log(np.exp(logits[h] - top).sum())
+                    for t in range(start, stop):
+                        out[r, t - start] += np.exp(logits[h, t] - lse) / heads
+            else:
+                for t in range(stop - start):
+                    best = logits[0, t]
+                    for h in range(1, heads):
+                        best = max(best, logits[h, t])
+                    out[r, t] = best
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def take(scores, cuts, keep, start, out):
+        """out [R, keep]: each row's tokens above its cut, then those at the cut, earliest first, in cache order."""
+        rows, m = scores.shape
+        for r in numba.prange(rows):
+            cut = cuts[r]
+            ties = keep
+            for i in range(m):
+                if scores[r, i] > cut:
+                    ties -= 1
+            j = 0
+            for i in range(m):
+                s = scores[r, i]
+                if s > cut or (s == cut and ties > 0):
+                    if s == cut:
+                        ties -= 1
+                    out[r, j] = start + i
+                    j += 1
+
+    return score, take
+
+
+def backend() -> str:
+    """"numba" when the fused kernel is built here, "torch" otherwise."""
+    return "numba" if _kernels() is not None else "torch"
+
+
+def select_topk(
+    cache: KeyCodes, queries: torch.Tensor, multiplier: float, keep: int, start: int, stop: int, total: int,
+    pool: str = "max",
+) -> torch.Tensor:
+    """[R, keep] ascending indices in [start, stop) of the best pooled scores of `queries` [R, H, C] against
+    the codes of tokens [0, total) (`total` matters to the softmax pool only), scaled by `multiplier`.
+
+    `keep` must be in [1, stop - start]."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}.")
+    if not 1 <= keep <= stop - start or not 0 <= start < stop <= total <= cache.length:
+        raise ValueError(f"keep={keep}, start={start}, stop={stop}, total={total} for {cache.length} stored tokens.")
+    kernels = _kernels()
+    if kernels is None or queries.device.type != "cpu":
+        return select_reference(cache, queries, multiplier, keep, start, stop, total, pool)
+    import numba
+
+    score, take = kernels
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    wanted = cache.codes.shape[2] * (2 if cache.bits == 4 else 1)  # padded to whole bytes at 4 bits
+    queries = queries.float()
+    if queries.shape[-1] < wanted:
+        queries = torch.nn.functional.pad(queries, (0, wanted - queries.shape[-1]))
+    m = stop - start
+    scores = np.empty((cache.rows, m), np.float32)
+    score(cache.codes.numpy(), cache.scales.numpy(), np.ascontiguousarray(queries.numpy()), np.float32(multiplier),
+          start, stop, total, cache.bits == 4, pool == "softmax-mean", scores)
+    cuts = np.partition(scores, m - keep, axis=-1)[:, m - keep]  # numpy's introselect: one call for every row
+    out = np.empty((cache.rows, keep), np.int64)
+    take(scores, cuts, keep, start, out)
+    return torch.from_numpy(out)
