@@ -1,4 +1,5 @@
-"""A per-token key summary held as it is stored: 8- or 4-bit codes and one scale per token and KV head.
+"""A per-token key summary held as it is stored: 8- or 4-bit codes and one scale per token and KV head
+(16 bits: the fp32 values themselves, scale 1).
 
 The codes are what `core.keysummary.stored` reads back (symmetric per row, the scale rounded to fp16),
 kept token-major: codes [R, capacity, C] int8 (4 bits: two channels a byte, [R, capacity, ceil(C / 2)]
@@ -12,14 +13,16 @@ from __future__ import annotations
 
 import torch
 
-CODE_BITS = (8, 4)
+CODE_BITS = (16, 8, 4)
 
 
 def quantize(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[..., C] rows -> (int8 codes [..., C] in [-top, top], fp32 scales [...]) with codes * scale ==
-    `core.keysummary.stored(values, bits)` in fp32."""
+    """[..., C] rows -> (codes [..., C], fp32 scales [...]) with codes * scale ==
+    `core.keysummary.stored(values, bits)` in fp32: int8 codes in [-top, top] below 16 bits."""
     if bits not in CODE_BITS:
         raise ValueError(f"Key codes are stored at {CODE_BITS} bits, got {bits}.")
+    if bits == 16:
+        return values.float(), values.new_ones(values.shape[:-1], dtype=torch.float32)
     top = 2 ** (bits - 1) - 1
     wide = values.float()
     scale = (wide.abs().amax(dim=-1, keepdim=True) / top).half().float().clamp_min(torch.finfo(torch.float16).tiny)
@@ -46,17 +49,21 @@ def unpack4(packed: torch.Tensor, channels: int) -> torch.Tensor:
 class KeyCodes:
     """Growing channel-major code and scale buffers for `rows` rows of `channels` channels at `bits` bits."""
 
-    def __init__(self, rows: int, channels: int, bits: int, capacity: int = 64) -> None:
+    def __init__(
+        self, rows: int, channels: int, bits: int, capacity: int = 64, device: torch.device | str = "cpu"
+    ) -> None:
         if bits not in CODE_BITS:
             raise ValueError(f"Key codes are stored at {CODE_BITS} bits, got {bits}.")
         self.rows, self.channels, self.bits = rows, channels, bits
-        planes = channels if bits == 8 else (channels + 1) // 2
-        self.codes = torch.zeros(rows, capacity, planes, dtype=torch.int8 if bits == 8 else torch.uint8)
-        self.scales = torch.zeros(rows, capacity)
-        self.length = 0
+        planes = (channels + 1) // 2 if bits == 4 else channels
+        dtype = {16: torch.float32, 8: torch.int8, 4: torch.uint8}[bits]
+        self.codes = torch.zeros(rows, capacity, planes, dtype=dtype, device=device)
+        self.scales = torch.zeros(rows, capacity, device=device)
+        self.length = 0  # tokens written in the longest row
 
-    def write(self, start: int, values: torch.Tensor) -> None:
-        """Store [R, n, C] values as tokens start .. start + n (overwriting any held there, growing as needed)."""
+    def write(self, start: int, values: torch.Tensor, rows: slice = slice(None)) -> None:
+        """Store [r, n, C] values as tokens start .. start + n of `rows` (overwriting any held there, growing
+        as needed)."""
         end = start + values.shape[1]
         if end > self.codes.shape[1]:
             grown = max(end, 2 * self.codes.shape[1])
@@ -66,14 +73,14 @@ class KeyCodes:
             scales[:, : self.length] = self.scales[:, : self.length]
             self.codes, self.scales = codes, scales
         codes, scales = quantize(values.to(self.scales.device), self.bits)
-        self.codes[:, start:end] = codes if self.bits == 8 else pack4(codes)
-        self.scales[:, start:end] = scales
-        self.length = end
+        self.codes[rows, start:end] = pack4(codes) if self.bits == 4 else codes
+        self.scales[rows, start:end] = scales
+        self.length = max(self.length, end)
 
-    def values(self, upto: int | None = None) -> torch.Tensor:
-        """[R, upto, C] fp32: the stored values read back (for the unfused scoring paths and the tests)."""
+    def values(self, upto: int | None = None, rows: slice = slice(None)) -> torch.Tensor:
+        """[r, upto, C] fp32: the stored values read back (for the unfused scoring paths and the tests)."""
         upto = self.length if upto is None else upto
-        codes = self.codes[:, :upto]
+        codes = self.codes[rows, :upto]
         if self.bits == 4:
             codes = unpack4(codes, self.channels)
-        return codes.float() * self.scales[:, :upto, None]
+        return codes.float() * self.scales[rows, :upto, None]

@@ -133,12 +133,15 @@ class Predictor(nn.Module):
         """[Hkv, dim] channel indices of the real key: the selected pairs' first halves, then second halves."""
         return self.channels[layer]
 
+    def pick_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
+        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim]: the calibrated channels, before storing."""
+        idx = self.channels[layer].to(key.device)
+        return torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+
     def project_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
         """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim]: what the extra cache holds, read back
         at its `key_bits` (training sees the same stored keys as decoding)."""
-        idx = self.channels[layer].to(key.device)
-        picked = torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
-        return stored(picked, self.config.key_bits)
+        return stored(self.pick_keys(layer, key), self.config.key_bits)
 
     def queries(self, producer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict:
         """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin.

@@ -17,7 +17,7 @@ def filled(rows: int, tokens: int, channels: int, bits: int, seed: int = 0) -> t
     return cache, values
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits", [16, 8, 4])
 @pytest.mark.parametrize("channels", [32, 7])
 def test_codes_read_back_what_the_key_summary_stores(bits: int, channels: int) -> None:
     cache, values = filled(3, 50, channels, bits)
@@ -30,7 +30,7 @@ def test_the_kernel_is_built_here() -> None:
     assert select_cpu.backend() == "numba"
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bits", [16, 8, 4])
 @pytest.mark.parametrize("pool", ["max", "softmax-mean"])
 @pytest.mark.parametrize("seed", range(4))
 def test_kernel_equals_reference_on_random_cases(bits: int, pool: str, seed: int) -> None:

@@ -48,50 +48,56 @@ def select_reference(
 
 
 @functools.cache
-def _kernels() -> tuple[Callable, Callable] | None:
-    """The compiled numba kernels (scoring, taking), compiled on first use and cached on disk, or None
-    where they cannot build."""
+def _kernels() -> tuple[Callable, Callable, Callable] | None:
+    """The compiled numba kernels (scoring one code a channel, scoring packed 4-bit codes, taking),
+    compiled on first use and cached on disk, or None where they cannot build."""
     try:
         import numba
     except ImportError:
         log.info("numba is not installed: selection runs in plain torch")
         return None
 
-    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
-    def score(codes, scales, queries, multiplier, start, stop, total, packed, softmax, out):
-        """out [R, stop - start] pooled scores; queries [R, H, C'] with C' = 2 * planes when packed."""
-        rows, heads, _ = queries.shape
-        planes = codes.shape[2]
-        for r in numba.prange(rows):
-            lo = 0 if softmax else start
-            hi = total if softmax else stop
-            logits = np.empty((heads, hi - lo), np.float32)
-            for t in range(lo, hi):  # one token's codes meet every head of the group while in registers
-                code = codes[r, t]
-                for h in range(heads):
-                    q = queries[r, h]
-                    acc = np.float32(0.0)
-                    if packed:
-                        for c in range(planes):
-                            byte = code[c]
-                            acc += q[2 * c] * np.float32((byte & 15) - 8) + q[2 * c + 1] * np.float32((byte >> 4) - 8)
-                    else:
-                        for c in range(planes):
-                            acc += q[c] * np.float32(code[c])
-                    logits[h, t - lo] = acc * (scales[r, t] * multiplier)
-            if softmax:
-                out[r] = 0.0
-                for h in range(heads):
-                    top = logits[h].max()
-                    lse = top + np.log(np.exp(logits[h] - top).sum())
-                    for t in range(start, stop):
-                        out[r, t - start] += np.exp(logits[h, t] - lse) / heads
-            else:
-                for t in range(stop - start):
-                    best = logits[0, t]
-                    for h in range(1, heads):
-                        best = max(best, logits[h, t])
-                    out[r, t] = best
+    def scorer(packed: bool) -> Callable:
+        """The scoring kernel for packed 4-bit codes or for one code a channel (8-bit ints, 16-bit floats);
+        `packed` is a compile-time constant, so each kernel holds only its own branch."""
+
+        @numba.njit(parallel=True, cache=True, nogil=True, fastmath=True)
+        def score(codes, scales, queries, multiplier, start, stop, total, softmax, out):
+            """out [R, stop - start] pooled scores; queries [R, H, C'] with C' = 2 * planes when packed."""
+            rows, heads, _ = queries.shape
+            planes = codes.shape[2]
+            for r in numba.prange(rows):
+                lo = 0 if softmax else start
+                hi = total if softmax else stop
+                logits = np.empty((heads, hi - lo), np.float32)
+                for t in range(lo, hi):  # one token's codes meet every head of the group while in registers
+                    code = codes[r, t]
+                    for h in range(heads):
+                        q = queries[r, h]
+                        acc = np.float32(0.0)
+                        if packed:
+                            for c in range(planes):
+                                low, high = np.float32((code[c] & 15) - 8), np.float32((code[c] >> 4) - 8)
+                                acc += q[2 * c] * low + q[2 * c + 1] * high
+                        else:
+                            for c in range(planes):
+                                acc += q[c] * np.float32(code[c])
+                        logits[h, t - lo] = acc * (scales[r, t] * multiplier)
+                if softmax:
+                    out[r] = 0.0
+                    for h in range(heads):
+                        top = logits[h].max()
+                        lse = top + np.log(np.exp(logits[h] - top).sum())
+                        for t in range(start, stop):
+                            out[r, t - start] += np.exp(logits[h, t] - lse) / heads
+                else:
+                    for t in range(stop - start):
+                        best = logits[0, t]
+                        for h in range(1, heads):
+                            best = max(best, logits[h, t])
+                        out[r, t] = best
+
+        return score
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def take(scores, cuts, keep, start, out):
@@ -112,7 +118,7 @@ def _kernels() -> tuple[Callable, Callable] | None:
                     out[r, j] = start + i
                     j += 1
 
-    return score, take
+    return scorer(False), scorer(True), take
 
 
 def backend() -> str:
@@ -137,7 +143,8 @@ def select_topk(
         return select_reference(cache, queries, multiplier, keep, start, stop, total, pool)
     import numba
 
-    score, take = kernels
+    score = kernels[1] if cache.bits == 4 else kernels[0]
+    take = kernels[2]
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     wanted = cache.codes.shape[2] * (2 if cache.bits == 4 else 1)  # padded to whole bytes at 4 bits
     queries = queries.float()
@@ -146,7 +153,7 @@ def select_topk(
     m = stop - start
     scores = np.empty((cache.rows, m), np.float32)
     score(cache.codes.numpy(), cache.scales.numpy(), np.ascontiguousarray(queries.numpy()), np.float32(multiplier),
-          start, stop, total, cache.bits == 4, pool == "softmax-mean", scores)
+          start, stop, total, pool == "softmax-mean", scores)
     cuts = np.partition(scores, m - keep, axis=-1)[:, m - keep]  # numpy's introselect: one call for every row
     out = np.empty((cache.rows, keep), np.int64)
     take(scores, cuts, keep, start, out)

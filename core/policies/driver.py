@@ -11,6 +11,7 @@ modes agree by construction. A recurrence is replayed row by row by `replay`, th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,19 +55,31 @@ def scorer_ranks(policy: Policy, view: LayerView) -> tuple[torch.Tensor, torch.T
 
 def newest_rows(policy: Policy, pooled: torch.Tensor, keep: int) -> torch.Tensor | None:
     """A scorer's decode step by slices: pooled scores [..., T] of the newest row -> [..., keep] indices,
-    or None when protection alone exceeds `keep`. The sinks come first and the recent window last in
-    cache order, so the best-scored tokens between them need no sort after their own."""
-    t = pooled.shape[-1]
+    or None when protection alone exceeds `keep`."""
+
+    def best(start: int, stop: int, count: int) -> torch.Tensor:
+        return topk_sorted(pooled[..., start:stop], count) + start
+
+    return choose_newest(policy, pooled.shape[-1], keep, best, pooled.shape[:-1], pooled.device)
+
+
+def choose_newest(
+    policy: Policy, t: int, keep: int, best: Callable[[int, int, int], torch.Tensor], shape: tuple[int, ...],
+    device: torch.device,
+) -> torch.Tensor | None:
+    """The newest row's [*shape, keep] indices among `t` tokens: the sinks, then `best(start, stop, count)`
+    (ascending indices of the best `count` tokens in [start, stop)), then the recent window, which holds
+    the current token; None when protection alone exceeds `keep`. The sinks come first and the recent
+    window last in cache order, so the chosen tokens between them need no sort after their own."""
     first_recent = max(0, t - max(policy.recent, 1))
     sinks = min(policy.sinks, first_recent)
     rest = keep - sinks - (t - first_recent)
     if rest < 0:
         return None
-    shape = (*pooled.shape[:-1], -1)
-    parts = [torch.arange(sinks, device=pooled.device).expand(shape)]
+    parts = [torch.arange(sinks, device=device).expand(*shape, -1)]
     if rest > 0:
-        parts.append(topk_sorted(pooled[..., sinks:first_recent], rest) + sinks)
-    parts.append(torch.arange(first_recent, t, device=pooled.device).expand(shape))
+        parts.append(best(sinks, first_recent, rest))
+    parts.append(torch.arange(first_recent, t, device=device).expand(*shape, -1))
     return torch.cat(parts, dim=-1)
 
 

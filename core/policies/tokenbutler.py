@@ -9,16 +9,17 @@ evicted: a token dropped at one step can be read again when a later query needs 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError
+from core.kernels.select_cpu import select_topk
+from core.keycodes import KeyCodes
 from core.keysummary import values_per_token
 from core.policies.base import LayerView, Policy
-from core.policies.driver import newest_rows
+from core.policies.driver import choose_newest
 from core.predictor import DEFAULT_DIR, Predictor
 from core.spec import weights_fingerprint
 
@@ -115,65 +116,69 @@ class TokenButlerPolicy(Policy):
         """A decode step's rows for every layer of a producer group at once, at the group's first layer.
 
         The current token is always read, so the past tokens' scores decide everything and they are
-        known before the later layers of the group run: one batched score over the group's key cache
-        and one top-k serve all its layers (a quarter of the per-layer small operations). None when
-        the group's key cache is not yet filled up to this step (the first step after a prefill)."""
+        known before the later layers of the group run: one fused selection over the group's stored key
+        codes (`core.kernels.select_cpu`) serves all its layers. None when the group's key cache is not
+        yet filled up to this step (the first step after a prefill)."""
         t, layer = view.context, view.layer
         cached = self.ahead.pop(layer, None)
         group, slot = self._keys(layer)
         if cached is not None and cached[:2] == (t, keep):
-            group.update(slot, self.predictor, layer, view.key)
+            group.append(slot, self.predictor, layer, view.key)
             return cached[2]
         layers = [layer + i for i in range(group.size - slot)]
         ready = slot == 0 and all(group.lengths[i] == t - 1 for i in range(group.size))
         if not ready or any(self.pred_queries.get(lay, (None,))[0] != t - 1 for lay in layers):
             return None
         queries = torch.stack([self.pred_queries[lay][1][:, :, -1, :] for lay in layers])  # [G, B, Hq, dim]
-        pooled = group.pooled_scores(queries, t - 1, self.predictor.config.dim)  # [G, B, Hkv, t - 1]
-        pooled = torch.cat([pooled, pooled.new_zeros(*pooled.shape[:-1], 1)], dim=-1)  # the current token
-        indices = newest_rows(self, pooled, keep)
+        g, b, hq, dim = queries.shape
+        hkv = view.key.shape[1]
+        per_row = queries.reshape(g * b * hkv, hq // hkv, dim)  # the code cache's rows: layer, batch, KV head
+
+        def best(start: int, stop: int, count: int) -> torch.Tensor:
+            return select_topk(group.codes, per_row, dim**-0.5, count, start, stop, t - 1).view(g, b, hkv, count)
+
+        indices = choose_newest(self, t, keep, best, (g, b, hkv), view.key.device)
         if indices is None:
             return None
         for i, lay in enumerate(layers[1:], start=1):
             self.ahead[lay] = (t, keep, indices[i])
-        group.update(slot, self.predictor, layer, view.key)
+        group.append(slot, self.predictor, layer, view.key)
         return indices[0]
 
 
 class GroupKeys:
     """The predictor's own key cache for one producer group: the calibrated channels of every cached
-    key of each of its layers, appended as the KV cache grows (amortised doubling), so a decode step
-    projects one new key instead of re-reading the whole K cache. Stored channel-major
-    ([G, B, Hkv, dim, capacity]): scoring is one matrix-vector product over contiguous rows (~7x
-    faster on CPU than against token-major keys), and one for the whole group at once."""
+    key of each of its layers, stored at the predictor's `key_bits` (`core.keycodes.KeyCodes`, one row
+    per layer, batch and KV head) and appended as the KV cache grows, so a decode step projects one new
+    key instead of re-reading the whole K cache, and one fused selection scores the whole group."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.buffer: torch.Tensor | None = None
+        self.codes: KeyCodes | None = None
         self.lengths = [0] * size
+        self.batch_heads = (0, 0)
+
+    def _rows(self, slot: int) -> slice:
+        count = self.batch_heads[0] * self.batch_heads[1]
+        return slice(slot * count, (slot + 1) * count)
+
+    def append(self, slot: int, predictor: Predictor, layer: int, key: torch.Tensor) -> None:
+        """Store the channels of `key` ([B, Hkv, T, head_dim]) not stored yet for this slot (all of them
+        when a new, shorter or reshaped sequence starts over)."""
+        b, hkv, total, _ = key.shape
+        config = predictor.config
+        if self.codes is None or self.batch_heads != (b, hkv):
+            self.codes = KeyCodes(self.size * b * hkv, config.dim, config.key_bits, max(2 * total, 64), key.device)
+            self.lengths = [0] * self.size
+            self.batch_heads = (b, hkv)
+        start = 0 if total < self.lengths[slot] else self.lengths[slot]
+        if total > start:
+            picked = predictor.pick_keys(layer, key[:, :, start:])
+            self.codes.write(start, picked.reshape(b * hkv, total - start, config.dim), self._rows(slot))
+        self.lengths[slot] = total
 
     def update(self, slot: int, predictor: Predictor, layer: int, key: torch.Tensor) -> torch.Tensor:
-        """[B, Hkv, T, dim] projected keys of `key` ([B, Hkv, T, head_dim]), reusing the rows seen before."""
-        total = key.shape[2]
-        length = self.lengths[slot]
-        fresh = self.buffer is None or total < length or self.buffer.shape[1:3] != key.shape[:2]
-        start = 0 if fresh else length
-        new = predictor.project_keys(layer, key[:, :, start:]).transpose(-1, -2)  # [B, Hkv, dim, new]
-        if self.buffer is None or self.buffer.shape[1:3] != key.shape[:2]:
-            self.buffer = new.new_empty(self.size, *new.shape[:3], max(2 * total, 64))
-            self.lengths = [0] * self.size
-        elif total > self.buffer.shape[-1]:
-            grown = self.buffer.new_empty(*self.buffer.shape[:-1], 2 * total)
-            grown[..., : self.buffer.shape[-1]] = self.buffer
-            self.buffer = grown
-        self.buffer[slot, ..., start:total] = new
-        self.lengths[slot] = total
-        return self.buffer[slot, ..., :total].transpose(-1, -2)
-
-    def pooled_scores(self, queries: torch.Tensor, upto: int, dim: int) -> torch.Tensor:
-        """[G, B, Hq, dim] one query row per layer -> [G, B, Hkv, upto] scores, max over each GQA group."""
-        g, b, hq, _ = queries.shape
-        hkv = self.buffer.shape[2]
-        grouped = queries.reshape(g, b, hkv, hq // hkv, dim)
-        keys = self.buffer[..., :upto].to(queries.dtype)  # [G, B, Hkv, dim, upto]
-        return (torch.matmul(grouped, keys) / math.sqrt(dim)).amax(dim=3)
+        """[B, Hkv, T, dim] stored channels of `key`, read back (the unfused path: traces, teacher forcing)."""
+        self.append(slot, predictor, layer, key)
+        b, hkv, total, _ = key.shape
+        return self.codes.values(total, self._rows(slot)).view(b, hkv, total, predictor.config.dim)
