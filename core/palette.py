@@ -26,6 +26,7 @@ COLORS: dict[str, str] = {
     "magnitude": "#d62728",
     "contribution": "#8c564b",
     "static": "#1f77b4",
+    "frontier (all methods)": "#7f7f7f",
 }
 FALLBACK = ("#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a")
 

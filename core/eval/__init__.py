@@ -15,5 +15,6 @@ Tasks are run with the question decoded token by token and with the question ins
 """
 
 # Modules, bottom up: config (what to measure), cache (finished cells and their keys), intervals (the
-# bootstrap), measure (one sequence's cells), stages (cells over the data, reduced per policy x budget; a
-# whole run), report (markdown tables and figure panels, pure), figures (plotly, PNG and the files), cli.
+# bootstrap), frontier (quality against bytes read, and its lower envelope), measure (one sequence's cells),
+# stages (cells over the data, reduced per policy x budget; a whole run), report (markdown tables and figure
+# panels, pure), figures (plotly, PNG and the files), cli.

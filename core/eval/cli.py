@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 import core.eval
 from core.args import parse_bool, split_csv, split_ints
-from core.eval.config import FULL_GRID, EvalConfig
+from core.eval.config import FULL_GRID, EvalConfig, results_stem
 from core.eval.figures import write_outputs
 from core.eval.report import markdown_report
-from core.eval.stages import eval_processes, run_evaluation
+from core.eval.stages import MissingCellsError, eval_processes, run_evaluation
 from core.models import DEFAULT_MODEL
 from core.tiny import QUICK_MODEL
 
@@ -40,6 +42,7 @@ FLAGS = (  # EvalConfig field, type, help (defaults come from EvalConfig, or its
     ("tag", str, "names the results files eval_<model>_<tag>.* (e.g. ctx4k)"),
     ("out", str, "results folder"),
     ("cache_dir", str, "finished-cell cache folder"),
+    ("cached_only", parse_bool, "only write the report from finished cells: stop at a missing cell (yes/no)"),
 )
 
 
@@ -53,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
                             help=f"{text} (default {shown})".replace("%", "%%"))  # argparse formats help with %
     parser.add_argument("--quick", action="store_true", help="a tiny random model and a few short chunks (< 1 min)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report, figures and equal-bytes rows of the results document eval_<model>"
+                             "[_<tag>].json under --out from its stored results, with no model and no cells")
     parser.set_defaults(func=cmd_evaluate)
     return parser
 
@@ -68,7 +74,14 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    doc = run_evaluation(config)
+    if args.report_only:
+        doc = json.loads((Path(config.out) / f"{results_stem(config.model, config.tag)}.json").read_text())
+    else:
+        try:
+            doc = run_evaluation(config)
+        except MissingCellsError as err:
+            print(err, file=sys.stderr)
+            return 1
     if not eval_processes().is_main_process:
         return 0  # under `accelerate launch` every process measured its share; the first one writes the results
     paths = write_outputs(doc, Path(config.out))

@@ -44,6 +44,7 @@ class EvalConfig:
     tag: str = ""  # names the results files (eval_<model>_<tag>.*), e.g. a 4k-context run
     out: str = "assets/results"
     cache_dir: str = "assets/eval_cache"  # committed, so a run resumes across sessions and machines
+    cached_only: bool = False  # write the report from finished cells; a missing cell is an error, never measured
     quick: bool = False
 
     @classmethod

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.eval.config import results_stem
+from core.eval.frontier import equal_bytes_rows
 from core.eval.report import Panel, Series, figure_panels, markdown_report
 from core.palette import color
 
@@ -29,14 +30,19 @@ def add_panel(fig, panel: Panel, row: int | None = None, col: int | None = None,
     method in its palette colour, 95% intervals as error bars, the y axis logarithmic when the panel says so."""
     where = {} if row is None else {"row": row, "col": col}
     for name, series in panel.series.items():
+        point = "%{customdata}" if series.labels else name
+        x = "%{x}" if panel.kind == "bar" else "%{x:.3~g}"
         common = {"x": series.x, "y": series.y, "name": name, "legendgroup": name, "showlegend": legend,
-                  "error_y": _error(series),
-                  "hovertemplate": f"{name}<br>{panel.xlabel} %{{x}}<br>{panel.ylabel} %{{y:.3f}}<extra></extra>"}
+                  "error_y": _error(series), "customdata": series.labels,
+                  "hovertemplate": f"{point}<br>{panel.xlabel} {x}<br>{panel.ylabel} %{{y:.3f}}<extra></extra>"}
         if panel.kind == "bar":
             fig.add_trace(go.Bar(marker_color=color(name), **common), **where)
         else:
-            fig.add_trace(go.Scatter(mode="lines+markers", line={"color": color(name)}, **common), **where)
-    fig.update_xaxes(title_text=panel.xlabel, type="category" if panel.kind == "bar" else None, **where)
+            line = {"color": color(name), "dash": "dash" if series.dashed else None}
+            fig.add_trace(go.Scatter(mode="lines" if series.dashed else "lines+markers", line=line, **common),
+                          **where)
+    axis_type = "category" if panel.kind == "bar" else "log" if panel.log_x else None
+    fig.update_xaxes(title_text=panel.xlabel, type=axis_type, **where)
     fig.update_yaxes(title_text=panel.ylabel, type="log" if panel.log_y else None, **where)
 
 
@@ -90,18 +96,23 @@ def _draw_matplotlib(axis, panel: Panel) -> None:
             axis.bar(xs, y, width, yerr=error, label=name, color=color(name), capsize=2)
             axis.set_xticks(range(len(s.x)), s.x, fontsize=7, rotation=15)
         else:
-            axis.errorbar(s.x, y, yerr=error, marker="o", label=name, color=color(name), capsize=2)
+            axis.errorbar(s.x, y, yerr=error, marker=None if s.dashed else "o", linestyle="--" if s.dashed else "-",
+                          label=name, color=color(name), capsize=2)
     if panel.log_y:
         axis.set_yscale("log")
+    if panel.log_x:
+        axis.set_xscale("log")
     axis.set_title(panel.title, fontsize=9)
     axis.set_xlabel(panel.xlabel)
     axis.set_ylabel(panel.ylabel, fontsize=8)
 
 
 def write_outputs(doc: dict, out: Path) -> dict[str, Path]:
-    """eval_<model>.json, .md and .html (+ .png when possible) under `out`; the PNG note goes in the JSON.
-    A run with nothing to compare (dense alone) has no figure: JSON and markdown only."""
+    """eval_<model>.json, .md and .html (+ .png when possible) under `out`; the PNG note and the equal-bytes rows
+    (`core.eval.frontier`) go in the JSON. A run with nothing to compare (dense alone) has no figure: JSON and
+    markdown only."""
     out.mkdir(parents=True, exist_ok=True)
+    doc["equal_bytes"] = equal_bytes_rows(doc["results"], doc["model"])
     stem = out / results_stem(doc["model"]["name"], doc["config"].get("tag", ""))
     panels = figure_panels(doc)
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}

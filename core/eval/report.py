@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from core.budget import Budget
 from core.eval.cache import cell_origin
 from core.eval.config import CEILING, DENSE, LEARNED
+from core.eval.frontier import Curves, Point, equal_bytes
 
 PROTOCOLS = {  # perplexity stage -> how its prompt and scored tokens are laid out
     "perplexity": "protocol 1: a {dense_prefix}-token dense prompt, every later token scored under the budget",
@@ -93,6 +94,37 @@ def _perplexity_tables(doc: dict, stage_name: str) -> list[str]:
                        for b in budgets] for name in others}
         lines += _table(f"Tokenbutler's perplexity over each method's, paired over chunks [95% interval; below 1: "
                         f"tokenbutler better], {protocol}", budgets, rows)
+    return lines
+
+
+def stage_title(curves: Curves, cfg: dict) -> str:
+    """What a stage of the equal-bytes comparison measured, in words."""
+    if curves.stage in PROTOCOLS:
+        return PROTOCOLS[curves.stage].format(**{k: cfg.get(k) for k in ("dense_prefix", "long_prompt")})
+    return "attention recall of the sampled rows (layers >= 1)"
+
+
+def _point_text(point: Point | None, frontier: list[Point]) -> str:
+    """'25.9% → 1.164 [1.140, 1.189]': bytes read, then quality; bold where the point is on the frontier."""
+    if point is None:
+        return "–"
+    interval = None if point.lo is None else [point.lo, point.hi]
+    text = f"{point.share:.1%} → " + _with_interval(point.value, interval, "{:.3f}")
+    return f"**{text}**" if point in frontier else text
+
+
+def _equal_bytes_tables(doc: dict) -> list[str]:
+    """Each method's share of dense bytes read per step and its quality there; the frontier's points in bold."""
+    lines = []
+    for curves in equal_bytes(doc["results"]):
+        found = {n: {p.budget: p for p in ps} for n, ps in curves.points.items()}
+        budgets = [b for b in doc["budgets"] if any(b["label"] in by for by in found.values())]
+        rows = {n: [_point_text(cell(by, b["label"]), curves.frontier) for b in budgets]
+                for n, by in found.items() if n != DENSE}
+        lines += _table(f"Equal bytes: share of dense bytes read per step → {curves.metric} [95% interval], "
+                        f"{stage_title(curves, doc['config'])}; bold: on the frontier", budgets, rows)
+        lines += ["", "Frontier (no method reads no more bytes and does better), fewest bytes first: "
+                  + ", ".join(f"{p.method} {p.budget} ({p.share:.1%}, {p.value:.3f})" for p in curves.frontier)]
     return lines
 
 
@@ -201,6 +233,7 @@ def markdown_report(doc: dict) -> str:
     results = doc["results"]
     lines = [f"# Evaluation: {doc['model']['name']}", "", _data_line(doc)]
     lines += ["", *(f"- skipped **{n}**: {reason}" for n, reason in doc["skipped"].items())] if doc["skipped"] else []
+    lines += _equal_bytes_tables(doc)
     for stage_name in PROTOCOLS:
         lines += _perplexity_tables(doc, stage_name) if stage_name in results else []
     lines += _attention_tables(doc) if "attention" in results else []
@@ -212,12 +245,15 @@ def markdown_report(doc: dict) -> str:
 
 @dataclass
 class Series:
-    """One method's line or bars, with its 95% interval where the run measured one."""
+    """One method's line or bars, with its 95% interval where the run measured one; `labels` name each point
+    (a budget) where x alone does not, `dashed` draws a reference line (a frontier)."""
 
     x: list
     y: list[float | None]
     lo: list[float | None] | None = None
     hi: list[float | None] | None = None
+    labels: list[str] | None = None
+    dashed: bool = False
 
 
 @dataclass
@@ -230,6 +266,7 @@ class Panel:
     series: dict[str, Series]
     kind: str = "line"
     log_y: bool = False
+    log_x: bool = False
 
 
 def _ppl_series(stage: dict, budgets: list[dict], x: list) -> dict[str, Series]:
@@ -243,14 +280,40 @@ def _ppl_series(stage: dict, budgets: list[dict], x: list) -> dict[str, Series]:
     return series
 
 
+FRONTIER = "frontier (all methods)"
+
+
+def bytes_panel(curves: Curves, cfg: dict) -> Panel:
+    """Quality against the share of dense bytes read per step: each method's points, and the frontier."""
+    def series(points: list[Point], dashed: bool = False) -> Series:
+        intervals = not dashed and any(p.lo is not None for p in points)  # the frontier's points show theirs
+        return Series([p.share for p in points], [p.value for p in points],
+                      [p.lo for p in points] if intervals else None, [p.hi for p in points] if intervals else None,
+                      labels=[f"{p.method} {p.budget}" for p in points], dashed=dashed)
+
+    lines = {n: series(ps) for n, ps in curves.points.items()}
+    lines[FRONTIER] = series(curves.frontier, dashed=True)
+    perplexity = curves.stage in PROTOCOLS
+    where = stage_title(curves, cfg).split(":")[0] if perplexity else "layers >= 1"
+    return Panel(f"{curves.metric.capitalize()} at equal bytes, {where}",
+                 "share of dense bytes read per step (log)", curves.metric + (" (log)" if perplexity else ""),
+                 lines, log_y=perplexity, log_x=True)
+
+
+def bytes_panels(doc: dict) -> list[Panel]:
+    """The equal-bytes panels of a run: one per stage that measured quality and bytes."""
+    return [bytes_panel(c, doc["config"]) for c in equal_bytes(doc["results"])]
+
+
 def figure_panels(doc: dict) -> list[Panel]:
-    """Perplexity / dense (log axis) and attention recall against nominal sparsity, the token budgets in a
-    panel of their own, task misses per setting, and recall by layer at a small budget."""
+    """Quality against bytes read first (the way every method is judged), then perplexity / dense (log axis) and
+    attention recall against nominal sparsity, the token budgets in a panel of their own, task misses per
+    setting, and recall by layer at a small budget."""
     results, budgets = doc["results"], doc["budgets"]
     ratios = [b for b in budgets if b["ratio"] is not None]
     tokens = [b for b in budgets if b["ratio"] is None]
     xs = [100 * b["nominal_sparsity"] for b in ratios]
-    panels = []
+    panels = bytes_panels(doc)
     for stage_name in (s for s in PROTOCOLS if s in results):
         label = PROTOCOLS[stage_name].split(":")[0]
         if ratios:

@@ -45,6 +45,10 @@ class Stage:
     measure_item: Callable[[object, dict[str, Policy], dict[str, list[Budget]]], dict[Cell, dict]] | None = None
 
 
+class MissingCellsError(RuntimeError):
+    """A report asked to be written from the cache alone found cells that were never measured."""
+
+
 def eval_processes() -> PartialState:
     """This process among those `accelerate launch` started (gloo on CPU, one GPU each), or alone."""
     return PartialState(cpu=not torch.cuda.is_available())
@@ -104,6 +108,9 @@ def run_stage(s: Setup, stage: Stage) -> dict[str, int]:
                 keys[nb][0]: value for nb, value in stage.measure_item(item, chosen, wanted).items() if nb in keys})
         else:
             jobs.extend(lambda k=k, n=n, b=b, item=item: {k: stage.measure(n, b, item)} for k, n, b in missing)
+    if jobs and s.config.cached_only:
+        raise MissingCellsError(f"{stage.name}: {len(jobs)} {'cells' if stage.measure_item is None else 'items'} "
+                                "are not in the cell cache; run without --cached-only to measure them.")
     unit = "cell" if stage.measure_item is None else "item"
     for job in tqdm(jobs, desc=stage.name, unit=unit, disable=not jobs or not s.processes.is_main_process):
         for key, value in job().items():
