@@ -77,6 +77,15 @@ class KeyCodes:
         self.scales[rows, start:end] = scales
         self.length = max(self.length, end)
 
+    def holds(self, position: int, values: torch.Tensor) -> bool:
+        """Whether token `position` of every row stores [R, 1, C] `values` (a cache left over from another
+        sequence does not)."""
+        if position >= self.length:
+            return False
+        codes, scales = quantize(values.to(self.scales.device), self.bits)
+        return torch.equal(self.codes[:, position : position + 1], pack4(codes) if self.bits == 4 else codes) and \
+            torch.equal(self.scales[:, position : position + 1], scales)
+
     def values(self, upto: int | None = None, rows: slice = slice(None)) -> torch.Tensor:
         """[r, upto, C] fp32: the stored values read back (for the unfused scoring paths and the tests)."""
         upto = self.length if upto is None else upto

@@ -237,19 +237,20 @@ def test_a_teacher_pass_after_a_shared_prefill_equals_the_whole_pass(tiny_lm, na
         assert whole_stats.side == pytest.approx(stats.side)
 
 
+@pytest.mark.parametrize("name", ["tokenbutler", "double-sparsity"])
 @pytest.mark.parametrize(("budget", "fits"), [(Budget(ratio=0.3), True), (Budget(tokens=9), True),
                                              (Budget(tokens=4), False)])  # 4: protection alone exceeds it
-def test_batched_tokenbutler_decoding_equals_the_per_layer_path(tiny_lm, budget, fits, monkeypatch):
-    """Untraced decoding takes TokenButler's group-batched selection; traced decoding scores per layer."""
-    from core.policies.tokenbutler import TokenButlerPolicy
-
-    batched, real = [], TokenButlerPolicy.decode_indices
-    monkeypatch.setattr(TokenButlerPolicy, "decode_indices",
+def test_fused_decoding_equals_the_per_layer_path(tiny_lm, name, budget, fits, monkeypatch):
+    """Untraced decoding takes the fused selection (TokenButler's batched over a producer group); traced
+    decoding scores per layer in plain torch."""
+    policy_class = type(build(name, tiny_lm))
+    batched, real = [], policy_class.decode_indices
+    monkeypatch.setattr(policy_class, "decode_indices",
                         lambda self, view, keep: batched.append(real(self, view, keep)) or batched[-1])
     config = GenerationConfig(max_new_tokens=10, stop_at_eos=False)
-    fast = list(generate(tiny_lm, prompt_ids(40), build("tokenbutler", tiny_lm), budget, config))
+    fast = list(generate(tiny_lm, prompt_ids(40), build(name, tiny_lm), budget, config))
     assert (sum(chosen is not None for chosen in batched) >= len(batched) // 2) == fits
-    traced = run(tiny_lm, "tokenbutler", budget, steps=10)
+    traced = run(tiny_lm, name, budget, steps=10)
     assert [e.token_id for e in fast] == [e.token_id for e in traced]
     assert all(torch.equal(a.logits, b.logits) for a, b in zip(fast, traced, strict=True))
     assert fast[-1].sparsity == traced[-1].sparsity

@@ -25,8 +25,11 @@ import torch
 from torch import nn
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError, load_weights, read_config, save_network
+from core.kernels.select_cpu import select_topk
+from core.keycodes import KeyCodes
 from core.keysummary import check_bits, stored, values_per_token
 from core.policies.base import LayerView, Policy
+from core.policies.driver import choose_newest
 from core.spec import ModelSpec, weights_fingerprint
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "double_sparsity"
@@ -81,6 +84,7 @@ class DoubleSparsityPolicy(Policy):
     bits: int = 8  # how the label cache is stored (16, 8 or 4 bits)
     ranking: ChannelRanking | str | Path | None = None  # None: the shipped calibration; a path: one saved there
     labels: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)  # layer -> label cache
+    codes: dict[int, KeyCodes] = field(default_factory=dict, init=False, repr=False)  # layer -> stored labels
     channel_index: dict[tuple, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,7 @@ class DoubleSparsityPolicy(Policy):
 
     def reset(self) -> None:
         self.labels = {}
+        self.codes = {}
 
     def attach(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
         """No hooks; refuses a calibration made for another base model."""
@@ -151,3 +156,40 @@ class DoubleSparsityPolicy(Policy):
         picked = torch.gather(grouped, -1, index)
         logits = (torch.matmul(picked, labels.transpose(-1, -2)) * view.scale).view(b, hq, q, -1)
         return torch.softmax(logits.masked_fill(~view.causal(), float("-inf")), dim=-1)
+
+    def _stored_labels(self, view: LayerView, chosen: torch.Tensor) -> KeyCodes:
+        """The layer's label cache as stored codes (`core.keycodes`), extended by a decode step's new rows;
+        started over for a new sequence (another shape, fewer tokens, or another last stored row)."""
+        b, hkv, t, _ = view.key.shape
+
+        def labels(start: int, stop: int) -> torch.Tensor:
+            keys = view.key[:, :, start:stop].float()
+            picked = torch.gather(keys, -1, chosen[None, :, None, :].expand(*keys.shape[:3], -1))
+            return picked.reshape(b * hkv, stop - start, -1)
+
+        codes = self.codes.get(view.layer)
+        n = 0 if codes is None else codes.length
+        if codes is None or codes.rows != b * hkv or n > t or not codes.holds(n - 1, labels(n - 1, n)):
+            codes = self.codes[view.layer] = KeyCodes(b * hkv, chosen.shape[-1], self.bits, 2 * t, view.key.device)
+            n = 0
+        if n < t:
+            codes.write(n, labels(n, t))
+        return codes
+
+    def decode_indices(self, view: LayerView, keep: int) -> torch.Tensor | None:
+        """A decode step's rows by one fused selection over the stored label cache (`core.kernels.select_cpu`):
+        each head's softmax of the approximate logits, averaged over its group, as `scores` pools them."""
+        if view.positions.numel() != 1 or int(view.positions[0]) != view.context - 1:
+            return None
+        b, hq, _, d = view.query.shape
+        hkv, t = view.key.shape[1], view.context
+        chosen = self._chosen(view.layer, min(self.channels, d), view.key.device)  # [Hkv, r]
+        codes = self._stored_labels(view, chosen)
+        grouped = view.query.float().reshape(b, hkv, hq // hkv, d)
+        picked = torch.gather(grouped, -1, chosen[None, :, None, :].expand(b, -1, hq // hkv, -1))
+        rows = picked.reshape(b * hkv, hq // hkv, -1)
+
+        def best(start: int, stop: int, count: int) -> torch.Tensor:
+            return select_topk(codes, rows, view.scale, count, start, stop, t, "softmax-mean").view(b, hkv, count)
+
+        return choose_newest(self, t, keep, best, (b, hkv), view.key.device)
