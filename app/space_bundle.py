@@ -35,6 +35,8 @@ RUNTIME_FILES = (
     "assets/shadow/*",  # ShadowLLM's predictor (core.shadow.DEFAULT_DIR)
     "assets/results/eval_*.json",  # the Budgets tab's shipped figures (app.results)
     "assets/results/eval_*.md",  # ... and its full report
+    "assets/results/decode_cpu.json",  # its decode speed figures (app.speed)
+    "assets/results/gpu_decode*.json",
 )
 LFS_TYPES = ("safetensors", "gguf", "pt", "bin", "npy", "npz", "png", "jpg", "jpeg", "webp", "gif")
 MAX_BYTES = 10_000_000  # the Hub's limit for a file outside LFS/Xet; we hold every file to it
