@@ -30,6 +30,9 @@ from core.traceviews import (
 
 MAX_COLS = 256
 TEMPLATE = "plotly_white"
+LEGEND_BELOW = {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.01, "xanchor": "left",
+                "x": 0.0, "font": {"size": 11}}  # rows at the figure's foot, below the axis titles: never a scroll
+LEGEND_ROOM = 110  # bottom margin that holds the x axis title and two rows of legend
 LOG_FLOOR = -4.0
 OVERLAP_COLORS = {NEITHER: "#f1f1f1", KEPT_ONLY: "#9ecae1", HIT: "#31a354", MISSED: "#de2d26"}
 SCORE_SCALE = "Blues"
@@ -207,8 +210,8 @@ def curves_figure(curves: dict[str, dict[str, dict[str, float]]], title: str,
         if values and min(values) >= 0 and max(values) <= 1 + 1e-6:  # a share: draw the whole 0..1 scale
             fig.update_yaxes(range=[0, 1.02], row=1, col=col)
     fig.update_xaxes(title_text="budget", type="category")
-    fig.update_layout(template=TEMPLATE, height=420, margin={"l": 50, "r": 20, "t": 70, "b": 50},
-                      title={"text": title, "font": {"size": 14}})
+    fig.update_layout(template=TEMPLATE, height=480, margin={"l": 50, "r": 20, "t": 70, "b": LEGEND_ROOM},
+                      legend=LEGEND_BELOW, title={"text": title, "font": {"size": 14}})
     return fig
 
 
@@ -216,6 +219,26 @@ def panel_figure(panel: Panel, source: str) -> go.Figure:
     """One panel of the evaluation's own report (core.eval.report.figure_panels), drawn as the report draws it."""
     fig = go.Figure()
     add_panel(fig, panel)
-    fig.update_layout(template=TEMPLATE, height=380, margin={"l": 50, "r": 20, "t": 70, "b": 50}, barmode="group",
+    if panel.kind == "bar":  # long category names (task settings) break at their slashes instead of overlapping
+        names = list(dict.fromkeys(x for series in panel.series.values() for x in series.x))
+        fig.update_xaxes(tickmode="array", tickvals=names, ticktext=[str(n).replace("/", "/<br>") for n in names])
+    fig.update_layout(template=TEMPLATE, height=480, margin={"l": 50, "r": 20, "t": 70, "b": LEGEND_ROOM},
+                      barmode="group", legend=LEGEND_BELOW,
                       title={"text": f"{panel.title}<br><sup>{source}</sup>", "font": {"size": 13}})
+    return fig
+
+
+def panels_figure(panels: Sequence[Panel], title: str, source: str) -> go.Figure:
+    """Panels side by side with one legend below them (each method once, its palette colour in every panel)."""
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p.title for p in panels], horizontal_spacing=0.07)
+    for col, panel in enumerate(panels, start=1):
+        add_panel(fig, panel, 1, col)
+    named = set()
+    for trace in fig.data:
+        trace.showlegend = trace.name not in named
+        named.add(trace.name)
+    fig.update_annotations(font={"size": 12})
+    fig.update_layout(template=TEMPLATE, height=520, margin={"l": 50, "r": 20, "t": 90, "b": LEGEND_ROOM},
+                      legend=LEGEND_BELOW,
+                      title={"text": f"{title}<br><sup>{source}</sup>", "font": {"size": 14}})
     return fig

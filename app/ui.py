@@ -139,10 +139,26 @@ def build_inspect_tab(lm: LoadedModel) -> InspectTab:
     return InspectTab(step, layer, head, StepViews(note, step_fig, grid_fig), triangle)
 
 
+BUDGETS_INTRO = (
+    "### What sparsity buys\n"
+    "**Quality at equal bytes**: each method's perplexity relative to dense and its attention recall, against the "
+    "share of a dense decode step's bytes it reads (its K/V rows, and its key summary, labels or page bounds at the "
+    "precision they are stored in); the dashed line is the frontier, where no method reads fewer bytes and does "
+    "better. **Speed**: decode tokens/s over dense's in the same run, against context. Both come from the shipped "
+    "runs (`python -m core evaluate`, `benchmarks/bench_decode_cpu.py`, `benchmarks/bench_gpu_decode.py`)."
+)
+
+
 def build_budgets_tab(prompt: gr.Textbox) -> None:
-    gr.Markdown("Quality against budget **for the prompt on the Generate tab**: the prompt is prefilled densely, "
-                "then its last token's query reads each budget, as the first decode step would. Every method sees "
-                "the same pass; means over layers ≥ 1 and heads.")
+    """The two lead figures, the live curves for the visitor's prompt, then every other shipped figure, folded."""
+    shipped = results.load_shipped()
+    gr.Markdown(BUDGETS_INTRO)
+    with gr.Column(elem_id="budgets-lead"):
+        for i, fig in enumerate(shipped.lead):
+            gr.Plot(fig, elem_id=f"budgets-lead-{i}")
+    gr.Markdown("### Your prompt\nQuality against budget **for the prompt on the Generate tab**: the prompt is "
+                "prefilled densely, then its last token's query reads each budget, as the first decode step would. "
+                "Every method sees the same pass; means over layers ≥ 1 and heads.")
     with gr.Row():
         methods = gr.CheckboxGroup(sparse_methods(), value=ready_methods(), label="Methods", elem_id="curve-methods")
         budget_text = gr.Textbox("5%, 10%, 25%, 50%, 75%", label="Budgets (ratios or token counts, comma-separated)",
@@ -153,12 +169,10 @@ def build_budgets_tab(prompt: gr.Textbox) -> None:
         table = gr.Markdown(label="Curve numbers")
     button.click(handlers.budgets_handler(curves, table), [prompt, methods, budget_text], [curves, table],
                  api_name="budgets", concurrency_id=MODEL_QUEUE, concurrency_limit=1)
-    gr.Markdown("### Shipped evaluation results\n"
-                "Measured by `python -m core evaluate` over many held-out documents; perplexity is relative to "
-                "dense on the same text (log axis), bars are 95% bootstrap intervals. Method colours are the "
-                "live curves' colours.")
-    shipped = results.load_shipped()
-    with gr.Column(elem_id="budgets-shipped"):
+    with gr.Accordion("Every other figure of the shipped evaluation", open=False, elem_id="budgets-shipped"):
+        gr.Markdown("Measured by `python -m core evaluate` over many held-out documents; perplexity is relative to "
+                    "dense on the same text (log axis), bars are 95% bootstrap intervals. Method colours are the "
+                    "live curves' colours.")
         for start in range(0, len(shipped.figures), 2):  # two panels a row
             with gr.Row():
                 for fig in shipped.figures[start : start + 2]:

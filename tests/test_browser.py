@@ -1,6 +1,7 @@
 """A real browser (Debian's chromium through Playwright) runs a generation and finds Inspect's heatmap drawn.
 
-Screenshots of every tab go to test-artifacts/ so a person can look at what the page shows.
+Screenshots of every tab go to test-artifacts/ so a person can look at what the page shows; readme.png is the
+first screen after a run, the picture README opens with (copied to docs/images/page.png).
 """
 
 from __future__ import annotations
@@ -57,11 +58,17 @@ def _pick(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def _shot(page, name: str) -> Path:
+def _shot(page, name: str, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+def _scrolls(legend) -> bool:
+    """Whether a plotly legend scrolls: it draws a scroll bar of non-zero height."""
+    bars = legend.locator(".scrollbar")
+    return any((box := bars.nth(i).bounding_box()) and box["height"] > 0 for i in range(bars.count()))
 
 
 def test_bad_input_shows_a_message_not_a_trace(page) -> None:
@@ -84,6 +91,8 @@ def test_generate_then_inspect_draws_heatmaps(page) -> None:
     assert page.locator("#dense-out textarea").input_value().strip()
     assert "done" in page.locator("#run-stats").inner_text()
     _shot(page, "generate")
+    page.evaluate("window.scrollTo(0, 0)")
+    assert _shot(page, "readme", full_page=False).stat().st_size > 10_000
 
     page.get_by_role("tab", name="Inspect").click()
     heatmaps = page.locator("#step-fig g.hm image")
@@ -98,9 +107,20 @@ def test_other_tabs_render(page) -> None:
     page.wait_for_timeout(500)
     report = page.locator("#eval-report")
     assert "The full evaluation report" in report.inner_text() and "| policy |" not in page.locator("body").inner_text()
-    page.locator("#budgets-shipped .js-plotly-plot").first.wait_for(timeout=30_000)
-    assert page.locator("#budgets-shipped .js-plotly-plot").count() >= 4  # the shipped figures (report folded)
+    lead = page.locator("#budgets-lead .js-plotly-plot")
+    lead.first.wait_for(timeout=30_000)
+    assert lead.count() == 2  # quality at equal bytes, then speed against context
+    assert "equal bytes" in lead.nth(0).inner_text() and "CPU, 1 thread" in lead.nth(1).inner_text()
+    assert not page.locator("#budgets-shipped .js-plotly-plot").first.is_visible()  # the other figures are folded
     _shot(page, "budgets")
+    page.locator("#budgets-shipped").get_by_text("Every other figure").click()
+    folded = page.locator("#budgets-shipped .js-plotly-plot")
+    folded.first.wait_for(timeout=30_000)
+    assert folded.count() >= 4
+    page.wait_for_timeout(1000)
+    for plot in [*(lead.nth(i) for i in range(2)), *(folded.nth(i) for i in range(folded.count()))]:
+        assert not _scrolls(plot.locator(".legend"))  # every legend fits in rows below its plot
+    _shot(page, "budgets-all-figures")
     for tab, name in (("ShadowLLM", "shadow"), ("About", "about")):
         page.get_by_role("tab", name=tab).click()
         page.wait_for_timeout(500)

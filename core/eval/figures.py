@@ -25,6 +25,14 @@ def _error(series: Series) -> dict | None:
     return {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "thickness": 1.2, "width": 3}
 
 
+def _log_ticks(values: list[float]) -> list[float]:
+    """1-2-5 steps spanning `values`: a log axis labelled in round numbers, not in bare leading digits."""
+    low, high = min(values), max(values)
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    steps = [m * 10.0**k for k in decades for m in (1, 2, 5)]
+    return [round(t, 12) for t in steps if low / 1.5 <= t <= high * 1.5]
+
+
 def add_panel(fig, panel: Panel, row: int | None = None, col: int | None = None, legend: bool = True) -> None:
     """Draw one panel's series into `fig` (at a subplot when row/col are given): lines or grouped bars, each
     method in its palette colour, 95% intervals as error bars, the y axis logarithmic when the panel says so."""
@@ -42,8 +50,11 @@ def add_panel(fig, panel: Panel, row: int | None = None, col: int | None = None,
             fig.add_trace(go.Scatter(mode="lines" if series.dashed else "lines+markers", line=line, **common),
                           **where)
     axis_type = "category" if panel.kind == "bar" else "log" if panel.log_x else None
-    fig.update_xaxes(title_text=panel.xlabel, type=axis_type, **where)
-    fig.update_yaxes(title_text=panel.ylabel, type="log" if panel.log_y else None, **where)
+    ticks = _log_ticks([x for s in panel.series.values() for x in s.x]) if panel.log_x else None
+    fig.update_xaxes(title_text=panel.xlabel, type=axis_type, tickvals=ticks, **where)
+    heights = [y for s in panel.series.values() for y in s.y if y is not None]
+    fig.update_yaxes(title_text=panel.ylabel, type="log" if panel.log_y else None,
+                     tickvals=_log_ticks(heights) if panel.log_y and heights else None, **where)
 
 
 def plotly_figure(panels: list[Panel], title: str):
