@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 
 from app.space_setup import ensure_embedded_model
+from core.kernels.select_cpu import warm_up
 
 ensure_embedded_model()
+started = time.perf_counter()
+print("Compiling the CPU selection kernels (first start only; cached on disk) ...", flush=True)
+print(f"Selection kernels ready ({warm_up()}) in {time.perf_counter() - started:.1f} s", flush=True)
 
 from app.ui import build_demo, launch_kwargs  # noqa: E402  (after the Space has the model's package)
 

@@ -76,3 +76,7 @@ def test_bad_arguments_are_refused() -> None:
         select_topk(cache, torch.randn(2, 3, 8), 1.0, 5, 0, 21, 21)
     with pytest.raises(ValueError, match="pool"):
         select_topk(cache, torch.randn(2, 3, 8), 1.0, 5, 0, 20, 20, "mean")
+
+
+def test_warm_up_compiles_every_variant() -> None:
+    assert select_cpu.warm_up() == "numba"
