@@ -61,8 +61,8 @@ def missing_sources_note(split: str, missing: Sequence[str]) -> str | None:
         return None
     return (f"warning: sources {', '.join(missing)} are not installed here, so the {split} text differs from a "
             f"machine that has them: no cached cell of such a run matches and its results are not comparable "
-            f"with the shipped ones. Install them ({install_hints(missing)}); README, 'Training and held-out "
-            f"text', has the command.")
+            f"with the shipped ones. Install them ({install_hints(missing)}); docs/results.md, 'Training and "
+            f"held-out text', has the command.")
 
 
 def install_hints(names: Sequence[str]) -> str:

@@ -1,5 +1,6 @@
-"""Every Python command shown in README's code blocks starts as written: run with --help from another
-folder, so `core` must come from the installed package (the Makefile installs it), not from the cwd."""
+"""Every Python command shown in README's and docs/results.md's code blocks starts as written: run with --help
+from another folder, so `core` must come from the installed package (the Makefile installs it), not from the cwd.
+README shows the everyday commands; docs/results.md the command beside every measured figure."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+DOCUMENTS = ("README.md", "docs/results.md")
 COMMAND = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:\.venv/bin/)?python3?\s+(-m\s+core(?:\s+[a-z][\w-]*)?|\S+\.py)")
 
 
 def readme_commands() -> list[str]:
-    """The distinct `python -m core <subcommand>` and `python <script>.py` invocations in README's code
-    blocks and inline code."""
-    text = (ROOT / "README.md").read_text()
+    """The distinct `python -m core <subcommand>` and `python <script>.py` invocations in the code blocks and
+    inline code of README and docs/results.md."""
+    text = "\n".join((ROOT / name).read_text() for name in DOCUMENTS)
     found: dict[str, None] = {}
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
     spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))  # inline commands too

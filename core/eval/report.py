@@ -1,4 +1,4 @@
-"""The results document as markdown tables (the README quotes them) and as figure panels (data only:
+"""The results document as markdown tables (README and docs/results.md quote them) and as figure panels (data only:
 `figure_panels(doc)` is what every drawing of an evaluation, here or on the page, is made from)."""
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def caption(doc: dict) -> str:
 
 
 def markdown_report(doc: dict) -> str:
-    """The README tables: one per measurement, policies as rows, budgets as columns."""
+    """The report's tables: equal bytes first, then one per measurement, policies as rows, budgets as columns."""
     results = doc["results"]
     lines = [f"# Evaluation: {doc['model']['name']}", "", _data_line(doc)]
     lines += ["", *(f"- skipped **{n}**: {reason}" for n, reason in doc["skipped"].items())] if doc["skipped"] else []
