@@ -112,7 +112,7 @@ def _kernels() -> tuple[Callable, Callable, Callable] | None:
             j = 0
             for i in range(m):
                 s = scores[r, i]
-                if s > cut or (s == cut and ties > 0):
+                if j < keep and (s > cut or (s == cut and ties > 0)):  # j < keep: never past `out`, even for NaN
                     if s == cut:
                         ties -= 1
                     out[r, j] = start + i
