@@ -17,6 +17,7 @@ decode_cpu.png.
 
     python benchmarks/bench_decode_cpu.py                       # 1k,2k,4k,8k x 1,2 threads
     python benchmarks/bench_decode_cpu.py --contexts 1024 --threads 1 --new-tokens 16   # quick look
+    python benchmarks/bench_decode_cpu.py --print-only          # the tables of the shipped JSON
 """
 
 from __future__ import annotations
@@ -200,7 +201,13 @@ def main() -> None:
         "--keep-other-threads", action="store_true",
         help="keep --out's rows of thread counts not measured in this run (re-measure one thread count alone)",
     )
+    parser.add_argument("--print-only", action="store_true", help="print --out's tables again, measuring nothing")
     args = parser.parse_args()
+    if args.print_only:
+        rows = json.loads(args.out.read_text())["rows"]
+        add_ratios(rows)
+        print_pivots(rows)
+        return
     lm = load(args.model)
     warm_up()  # the selection kernels compile (or load from numba's cache) before any timed run
     contexts = list(split_ints(args.contexts))
@@ -237,15 +244,7 @@ def main() -> None:
     if args.keep_other_threads and args.out.exists():
         measured = set(split_ints(args.threads))
         rows = [r for r in json.loads(args.out.read_text())["rows"] if r["threads"] not in measured] + rows
-    for row in rows:
-        same = [r for r in rows if r["context"] == row["context"] and r["threads"] == row["threads"]]
-        fastest = max((r for r in same if r["label"] in DENSE_LABELS), key=lambda r: r["tokens_per_s"])
-        row["fastest_dense"] = fastest["label"]
-        row["vs_fastest_dense"] = row["tokens_per_s"] / fastest["tokens_per_s"]
-        row["vs_our_dense"] = row["tokens_per_s"] / next(r["tokens_per_s"] for r in same if r["label"] == "ours: dense")
-        row["vs_generate"] = row["tokens_per_s"] / next(
-            r["tokens_per_s"] for r in same if r["label"] == "transformers generate"
-        )
+    add_ratios(rows)
     print("\n| threads | context | method | tokens/s | vs fastest dense | vs our dense | vs generate | K/V rows read "
           "| GB/step | GB/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -268,7 +267,36 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     figure(rows, args.out.with_suffix(".png"))
+    print_pivots(rows)
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's rate over the fastest dense, our dense and generate at its context and thread count."""
+    for row in rows:
+        same = [r for r in rows if r["context"] == row["context"] and r["threads"] == row["threads"]]
+        fastest = max((r for r in same if r["label"] in DENSE_LABELS), key=lambda r: r["tokens_per_s"])
+        row["fastest_dense"] = fastest["label"]
+        row["vs_fastest_dense"] = row["tokens_per_s"] / fastest["tokens_per_s"]
+        row["vs_our_dense"] = row["tokens_per_s"] / next(r["tokens_per_s"] for r in same if r["label"] == "ours: dense")
+        row["vs_generate"] = row["tokens_per_s"] / next(
+            r["tokens_per_s"] for r in same if r["label"] == "transformers generate"
+        )
+
+
+def print_pivots(rows: list[dict]) -> None:
+    """Per thread count, one table of tokens/s (x the fastest dense at that context): method x context."""
+    for count in sorted({r["threads"] for r in rows}):
+        mine = [r for r in rows if r["threads"] == count]
+        contexts = sorted({r["context"] for r in mine})
+        print(f"\n{count} thread{'s' if count > 1 else ''}: decode tokens/s (x the fastest dense)\n")
+        print("| method | " + " | ".join(f"{c:,} tokens" for c in contexts) + " |")
+        print("|---|" + "---|" * len(contexts))
+        for label in dict.fromkeys(r["label"] for r in mine):
+            cells = {r["context"]: r for r in mine if r["label"] == label}
+            print(f"| {label} | " + " | ".join(
+                f"{cells[c]['tokens_per_s']:.2f} ({cells[c]['vs_fastest_dense']:.2f}x)" if c in cells else "-"
+                for c in contexts) + " |")
 
 
 if __name__ == "__main__":
