@@ -7,8 +7,10 @@ Every loss takes one layer's rows, pred and true pre-softmax logits [B, Hq, R, T
 - "rank": pairwise logistic ranking of each row's true top tokens (at SELECT_FRACTION of its past)
   above tokens outside that set, on up to PAIR_SIDE sampled tokens per side;
 - "bce": class-balanced binary cross-entropy on top-k membership at each of LABEL_FRACTIONS, the
-  predicted logit measured against the row's own predicted cut (the k-th largest, held fixed), so the
-  loss asks for the decision the decoder makes: above or below the cut;
+  predicted logit measured against the row's own predicted cut (the k-th largest, held fixed) in units of
+  the row's spread (its standard deviation over the past), so the loss asks for the decision the decoder
+  makes, above or below the cut, and cannot fall by inflating the logits (without the division it
+  diverged in training: the loss grew from 0.7 to 40 in 46 steps as the logits' scale grew);
 - "kl-top": KL restricted to the true selected set (both softmaxes renormalised over that set).
 The selection losses target the decision at the budgets that matter (90-95% sparsity); "kl" weighs
 every token by the attention it gets.
@@ -72,15 +74,18 @@ def bce_loss(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor) -> to
     """Class-balanced BCE of `pred - cut` against true top-k membership, averaged over LABEL_FRACTIONS."""
     support = causal.expand_as(pred)
     past = causal.sum(-1).to(pred.dtype)  # [R]
+    mean = (pred * support).sum(-1, keepdim=True) / past[:, None]
+    spread = (((pred - mean) * support) ** 2).sum(-1, keepdim=True).div(past[:, None]).sqrt().clamp_min(1e-6)
     losses = []
     for frac in LABEL_FRACTIONS:
         labels = true_top(true, causal, frac)
         keep = torch.ceil(frac * past.double() - 1e-9).clamp(min=1).long()
         ranked = pred.masked_fill(~support, float("-inf")).sort(dim=-1, descending=True).values
         cut = ranked.gather(-1, (keep - 1).expand(*pred.shape[:-2], -1)[..., None]).detach()  # [B, Hq, R, 1]
+        margin = (pred - cut) / spread
         positives = keep.to(pred.dtype)  # [R]
         weight = torch.where(labels, ((past - positives) / positives)[:, None], torch.ones_like(pred))
-        per_token = F.binary_cross_entropy_with_logits(pred - cut, labels.to(pred.dtype), weight=weight,
+        per_token = F.binary_cross_entropy_with_logits(margin, labels.to(pred.dtype), weight=weight,
                                                        reduction="none")
         losses.append((per_token * support).sum(-1).div(2 * (past - positives).clamp_min(1.0)).mean())
     return torch.stack(losses).mean()
