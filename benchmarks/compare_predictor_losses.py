@@ -27,7 +27,7 @@ import torch
 from core.checkpoint import CONFIG_FILE
 from core.data import token_chunks
 from core.losses import LOSSES, row_loss
-from core.metrics import hit_accuracy, top_mask
+from core.metrics import hit_accuracy, top_count, top_mask
 from core.models import DEFAULT_MODEL, load
 from core.predictor import DEFAULT_DIR, Predictor
 from core.train import TrainConfig, capture_pass, row_logits, sample_rows, train
@@ -51,7 +51,7 @@ RECALL_BUDGETS = (0.05, 0.1, 0.25, 0.5)
 
 def recall_at(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor, frac: float) -> float:
     """Mean true attention mass on each query head's predicted top-`frac` of its causal past."""
-    keep = torch.ceil(frac * causal.sum(-1).double() - 1e-9).clamp(min=1).long()
+    keep = top_count(causal.sum(-1), frac)
     probs = torch.softmax(true.masked_fill(~causal, float("-inf")), dim=-1)
     kept = top_mask(pred.masked_fill(~causal, float("-inf")), keep)
     return float((probs * kept).sum(-1).mean())

@@ -1,7 +1,7 @@
 """A per-token key summary held as it is stored: 8- or 4-bit codes and one scale per token and KV head
 (16 bits: the fp32 values themselves, scale 1).
 
-The codes are what `core.keysummary.stored` reads back (symmetric per row, the scale rounded to fp16),
+The codes are `core.keysummary.quantize`'s, what `stored` reads back (symmetric per row, scale in fp16),
 kept token-major: codes [R, capacity, C] int8 (4 bits: two channels a byte, [R, capacity, ceil(C / 2)]
 uint8, low nibble first, offset by 8) and scales [R, capacity] fp32, R being every (layer, batch, KV
 head) row a selection kernel scores at once. Token-major lets the kernel hold a token's codes and the
@@ -13,21 +13,7 @@ from __future__ import annotations
 
 import torch
 
-CODE_BITS = (16, 8, 4)
-
-
-def quantize(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[..., C] rows -> (codes [..., C], fp32 scales [...]) with codes * scale ==
-    `core.keysummary.stored(values, bits)` in fp32: int8 codes in [-top, top] below 16 bits."""
-    if bits not in CODE_BITS:
-        raise ValueError(f"Key codes are stored at {CODE_BITS} bits, got {bits}.")
-    if bits == 16:
-        return values.float(), values.new_ones(values.shape[:-1], dtype=torch.float32)
-    top = 2 ** (bits - 1) - 1
-    wide = values.float()
-    scale = (wide.abs().amax(dim=-1, keepdim=True) / top).half().float().clamp_min(torch.finfo(torch.float16).tiny)
-    codes = (wide / scale).round().clamp(-top, top).to(torch.int8)
-    return codes, scale.squeeze(-1)
+from core.keysummary import check_bits, quantize
 
 
 def pack4(codes: torch.Tensor) -> torch.Tensor:
@@ -47,14 +33,12 @@ def unpack4(packed: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class KeyCodes:
-    """Growing channel-major code and scale buffers for `rows` rows of `channels` channels at `bits` bits."""
+    """Growing token-major code and scale buffers for `rows` rows of `channels` channels at `bits` bits."""
 
     def __init__(
         self, rows: int, channels: int, bits: int, capacity: int = 64, device: torch.device | str = "cpu"
     ) -> None:
-        if bits not in CODE_BITS:
-            raise ValueError(f"Key codes are stored at {CODE_BITS} bits, got {bits}.")
-        self.rows, self.channels, self.bits = rows, channels, bits
+        self.rows, self.channels, self.bits = rows, channels, check_bits(bits)
         planes = (channels + 1) // 2 if bits == 4 else channels
         dtype = {16: torch.float32, 8: torch.int8, 4: torch.uint8}[bits]
         self.codes = torch.zeros(rows, capacity, planes, dtype=dtype, device=device)
@@ -72,18 +56,21 @@ class KeyCodes:
             codes[:, : self.length] = self.codes[:, : self.length]
             scales[:, : self.length] = self.scales[:, : self.length]
             self.codes, self.scales = codes, scales
-        codes, scales = quantize(values.to(self.scales.device), self.bits)
-        self.codes[rows, start:end] = pack4(codes) if self.bits == 4 else codes
-        self.scales[rows, start:end] = scales
+        self.codes[rows, start:end], self.scales[rows, start:end] = self._encode(values)
         self.length = max(self.length, end)
+
+    def _encode(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[r, n, C] values -> (codes as the buffer holds them, scales)."""
+        codes, scales = quantize(values.to(self.scales.device), self.bits)
+        return pack4(codes) if self.bits == 4 else codes, scales
 
     def holds(self, position: int, values: torch.Tensor) -> bool:
         """Whether token `position` of every row stores [R, 1, C] `values` (a cache left over from another
         sequence does not)."""
         if position >= self.length:
             return False
-        codes, scales = quantize(values.to(self.scales.device), self.bits)
-        return torch.equal(self.codes[:, position : position + 1], pack4(codes) if self.bits == 4 else codes) and \
+        codes, scales = self._encode(values)
+        return torch.equal(self.codes[:, position : position + 1], codes) and \
             torch.equal(self.scales[:, position : position + 1], scales)
 
     def values(self, upto: int | None = None, rows: slice = slice(None)) -> torch.Tensor:

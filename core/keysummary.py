@@ -20,14 +20,23 @@ def check_bits(bits: int) -> int:
     return bits
 
 
+def quantize(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., r] summary rows -> (codes [..., r], fp32 scales [...]) as they are stored: int8 codes in
+    [-top, top] below 16 bits, the fp32 values with scale 1 at 16 bits."""
+    if check_bits(bits) == 16:
+        return values.float(), values.new_ones(values.shape[:-1], dtype=torch.float32)
+    top = 2 ** (bits - 1) - 1
+    wide = values.float()
+    scale = (wide.abs().amax(dim=-1, keepdim=True) / top).half().float().clamp_min(torch.finfo(torch.float16).tiny)
+    return (wide / scale).round().clamp(-top, top).to(torch.int8), scale.squeeze(-1)
+
+
 def stored(values: torch.Tensor, bits: int) -> torch.Tensor:
     """[..., r] summary rows -> the values read back after storing them at `bits` (16: unchanged)."""
     if check_bits(bits) == 16:
         return values
-    top = 2 ** (bits - 1) - 1
-    wide = values.float()
-    scale = (wide.abs().amax(dim=-1, keepdim=True) / top).half().float().clamp_min(torch.finfo(torch.float16).tiny)
-    return ((wide / scale).round().clamp(-top, top) * scale).to(values.dtype)
+    codes, scale = quantize(values, bits)
+    return (codes.float() * scale[..., None]).to(values.dtype)
 
 
 def values_per_token(channels: int, bits: int) -> float:

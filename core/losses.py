@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from core.metrics import top_mask
+from core.metrics import top_count, top_mask
 
 LOSSES = ("kl", "mse", "rank", "bce", "kl-top")
 SELECT_FRACTION = 0.1
@@ -33,9 +33,7 @@ def true_top(true: torch.Tensor, causal: torch.Tensor, frac: float) -> torch.Ten
     """[B, Hq, R, T] bool: each row's ceil(frac * past) largest true logits within its causal past.
 
     Ties go to the earlier token (a stable sort), as everywhere in the project."""
-    past = causal.sum(-1)  # [R]
-    keep = torch.ceil(frac * past.double() - 1e-9).clamp(min=1).long()
-    return top_mask(true.masked_fill(~causal, float("-inf")), keep)
+    return top_mask(true.masked_fill(~causal, float("-inf")), top_count(causal.sum(-1), frac))
 
 
 def kl_loss(pred: torch.Tensor, true: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -79,7 +77,7 @@ def bce_loss(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor) -> to
     losses = []
     for frac in LABEL_FRACTIONS:
         labels = true_top(true, causal, frac)
-        keep = torch.ceil(frac * past.double() - 1e-9).clamp(min=1).long()
+        keep = top_count(past, frac)
         ranked = pred.masked_fill(~support, float("-inf")).sort(dim=-1, descending=True).values
         cut = ranked.gather(-1, (keep - 1).expand(*pred.shape[:-2], -1)[..., None]).detach()  # [B, Hq, R, 1]
         margin = (pred - cut) / spread

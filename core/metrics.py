@@ -38,6 +38,11 @@ def top_mask(values: torch.Tensor, keep: torch.Tensor | int, ranks: torch.Tensor
     return ranks < torch.as_tensor(keep, device=values.device)[..., None]
 
 
+def top_count(past: torch.Tensor, frac: float) -> torch.Tensor:
+    """ceil(frac * past), at least 1: how many of `past` tokens a fraction keeps (the metrics' and losses' k)."""
+    return torch.ceil(frac * past.double() - 1e-9).clamp(min=1).long()
+
+
 def hit_accuracy(
     scores: torch.Tensor, true_probs: torch.Tensor, past_len: torch.Tensor | int, frac: float = 0.5
 ) -> torch.Tensor:
@@ -49,7 +54,7 @@ def hit_accuracy(
     t = scores.shape[-1]
     past = torch.as_tensor(past_len, device=scores.device).expand(scores.shape[:-1])
     beyond = torch.arange(t, device=scores.device) >= past[..., None]
-    keep = torch.ceil(frac * past.double() - 1e-9).clamp(min=1).long()
+    keep = top_count(past, frac)
     predicted = top_mask(scores.float().masked_fill(beyond, float("-inf")), keep)
     true = top_mask(true_probs.float().masked_fill(beyond, float("-inf")), keep)
     return (predicted & true).sum(-1) / keep

@@ -5,8 +5,8 @@ import torch
 
 from core.kernels import select_cpu
 from core.kernels.select_cpu import select_reference, select_topk
-from core.keycodes import KeyCodes, pack4, quantize, unpack4
-from core.keysummary import stored
+from core.keycodes import KeyCodes, pack4, unpack4
+from core.keysummary import quantize, stored
 
 
 def filled(rows: int, tokens: int, channels: int, bits: int, seed: int = 0) -> tuple[KeyCodes, torch.Tensor]:

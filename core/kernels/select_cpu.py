@@ -24,7 +24,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from core.keycodes import CODE_BITS, KeyCodes
+from core.keycodes import KeyCodes
+from core.keysummary import SUMMARY_BITS
 
 POOLS = ("max", "softmax-mean")
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def warm_up() -> str:
     """Compile every kernel variant on a tiny case (numba loads them from its disk cache after the first
     run), so a page or CLI compiles before its first visitor, not during a generation; returns `backend()`."""
     queries = torch.ones(2, 3, 8)
-    for bits in CODE_BITS:
+    for bits in SUMMARY_BITS:
         cache = KeyCodes(2, 8, bits)
         cache.write(0, torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0)))
         for pool in POOLS:

@@ -83,7 +83,6 @@ class DoubleSparsityPolicy(Policy):
     channels: int = 32
     bits: int = 8  # how the label cache is stored (16, 8 or 4 bits)
     ranking: ChannelRanking | str | Path | None = None  # None: the shipped calibration; a path: one saved there
-    labels: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)  # layer -> label cache
     codes: dict[int, KeyCodes] = field(default_factory=dict, init=False, repr=False)  # layer -> stored labels
     channel_index: dict[tuple, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
@@ -99,7 +98,6 @@ class DoubleSparsityPolicy(Policy):
         return (DEFAULT_DIR / CONFIG_FILE).is_file()
 
     def reset(self) -> None:
-        self.labels = {}
         self.codes = {}
 
     def attach(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
@@ -125,25 +123,13 @@ class DoubleSparsityPolicy(Policy):
         return self.channel_index[key]
 
     def _label_cache(self, view: LayerView, chosen: torch.Tensor) -> torch.Tensor:
-        """[B, Hkv, T, r] the chosen channels of every key; a decode step extends the layer's cache by its
-        new rows (checking that its last cached row is still this sequence's), any other pass gathers afresh."""
-        index = chosen[None, :, None, :]
-
-        def gather(keys: torch.Tensor) -> torch.Tensor:
-            return stored(torch.gather(keys.float(), -1, index.expand(*keys.shape[:3], -1)), self.bits)
-
-        t = view.context
-        if not (view.positions.numel() == 1 and int(view.positions[0]) == t - 1):
-            return gather(view.key)
-        cached = self.labels.get(view.layer)
-        n = 0 if cached is None else cached.shape[2]
-        if n == 0 or cached.shape[:2] != view.key.shape[:2] or n > t or not torch.equal(
-                cached[:, :, -1:], gather(view.key[:, :, n - 1 : n])):
-            cached = gather(view.key[:, :, :0])  # first step, or another sequence without a reset: start over
-        if cached.shape[2] < t:
-            cached = torch.cat([cached, gather(view.key[:, :, cached.shape[2] : t])], dim=2)
-        self.labels[view.layer] = cached
-        return cached
+        """[B, Hkv, T, r] the chosen channels of every key as stored: a decode step reads the layer's stored
+        label codes back (`_stored_labels`), any other pass gathers afresh."""
+        if not _is_decode_step(view):
+            keys = view.key.float()
+            return stored(torch.gather(keys, -1, chosen[None, :, None, :].expand(*keys.shape[:3], -1)), self.bits)
+        b, hkv, t, _ = view.key.shape
+        return self._stored_labels(view, chosen).values(t).view(b, hkv, t, -1)
 
     def scores(self, view: LayerView) -> torch.Tensor:
         """Softmax of the approximate logits q[channels] . k[channels] (the true scale), per query head."""
@@ -179,7 +165,7 @@ class DoubleSparsityPolicy(Policy):
     def decode_indices(self, view: LayerView, keep: int) -> torch.Tensor | None:
         """A decode step's rows by one fused selection over the stored label cache (`core.kernels.select_cpu`):
         each head's softmax of the approximate logits, averaged over its group, as `scores` pools them."""
-        if view.positions.numel() != 1 or int(view.positions[0]) != view.context - 1:
+        if not _is_decode_step(view):
             return None
         b, hq, _, d = view.query.shape
         hkv, t = view.key.shape[1], view.context
@@ -193,3 +179,8 @@ class DoubleSparsityPolicy(Policy):
             return select_topk(codes, rows, view.scale, count, start, stop, t, "softmax-mean").view(b, hkv, count)
 
         return choose_newest(self, t, keep, best, (b, hkv), view.key.device)
+
+
+def _is_decode_step(view: LayerView) -> bool:
+    """One query row, the newest token: the pass that extends the stored label cache."""
+    return view.positions.numel() == 1 and int(view.positions[0]) == view.context - 1
