@@ -9,6 +9,8 @@ assets/results/predictor_ablation.json.
         --out assets/results/predictor_capacity.json
     python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-kl v4-rank v4-bce v4-kl-top \
         --out assets/results/predictor_losses_v4.json      # the losses of the selection decision
+    python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-own v4-kl-own v4-rank-g1 \
+        --out assets/results/predictor_queries_v4.json     # the layer's own query, one producer per layer
 
 The shipped predictor (assets/predictor), when present, is scored on the same held-out chunks.
 """
@@ -44,6 +46,11 @@ VARIANTS = {
 }
 V4 = {"dim": 32, "inner": 112, "key_bits": 8, "rows": 64, "lr": 2e-3}  # the shipped v4's shape and rates
 VARIANTS |= {f"v4-{loss}": {**V4, "loss": loss} for loss in LOSSES}
+VARIANTS |= {  # where the importance query comes from (issue 32 item 4), at v4's bytes and parameters
+    "v4-rank-own": {**V4, "loss": "rank", "query": "own"},
+    "v4-kl-own": {**V4, "loss": "kl", "query": "own"},
+    "v4-rank-g1": {**V4, "loss": "rank", "group_layers": 1, "inner": 56},  # one producer per layer
+}
 
 
 RECALL_BUDGETS = (0.05, 0.1, 0.25, 0.5)

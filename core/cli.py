@@ -22,6 +22,7 @@ from core.losses import LOSSES
 from core.models import load
 from core.policies import make_policy, policy_names
 from core.policies.double_sparsity import DEFAULT_DIR as CHANNELS_DIR
+from core.predictor import QUERY_SOURCES
 from core.shadow.cli import add_shadow_commands
 from core.sources import chat_cache_dir
 from core.tiny import QUICK_MODEL, tiny_model
@@ -37,11 +38,12 @@ TRAIN_FLAGS = {  # TrainConfig fields given as flags -> help (type and default c
     "inner": None,
     "group_layers": "layers each producer predicts",
     "key_bits": "bits each stored key channel takes in the extra cache (16, 8 or 4)",
+    "query": "importance query: predicted ahead of the layer (the paper's, allows prefetch) or the layer's own",
     "seed": None,
     "save_every": None,
     "schedule": "sequence lengths over training, e.g. 512x1000,2048x500,4096x400 (overrides --seq-len/--steps)",
 }
-TRAIN_CHOICES = {"loss": list(LOSSES), "key_bits": list(SUMMARY_BITS)}
+TRAIN_CHOICES = {"loss": list(LOSSES), "key_bits": list(SUMMARY_BITS), "query": list(QUERY_SOURCES)}
 
 
 def load_for(args: argparse.Namespace):
@@ -103,8 +105,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     chunks = token_chunks(lm.tokenizer, "train", args.seq_len, max_chunks=args.chunks, seed=args.seed)
     ranking = calibrate_channels(lm, chunks)
     ranking.save(args.out)
-    print(f"saved to {args.out}: channel ranking of {lm.spec.num_layers} layers x {lm.spec.num_kv_heads} KV heads "
-          f"from {ranking.config['tokens']:,} training tokens")
+    print(
+        f"saved to {args.out}: channel ranking of {lm.spec.num_layers} layers x {lm.spec.num_kv_heads} KV heads "
+        f"from {ranking.config['tokens']:,} training tokens"
+    )
     return 0
 
 

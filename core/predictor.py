@@ -11,6 +11,12 @@ Design (generation "2.5", see docs/predictor.md):
   would not (it would need the absolute position from the hidden state).
 - Score of past token j for head h: q'_h . k'_{j, kv(h)} / sqrt(dim): a low-rank, query-aware guess
   of the true logit. The extra cache is `dim` values per (layer >= 1, KV head) per token.
+- Where the importance query comes from (`query`): "ahead" (the paper's design) predicts it from the
+  producer's hidden state, layers before it is needed, so a layer's selection is known early enough to
+  prefetch; "own" takes the layer's real query at the calibrated pairs, weighted per head and pair, plus
+  the producer's prediction as a learned correction. "own" starts as Double Sparsity at the same channels
+  (weights sqrt(dim/head_dim), correction zero), so Double Sparsity lies inside what it can learn; it
+  gives up the prefetch.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from core.keysummary import check_bits, stored, values_per_token
 from core.spec import ModelSpec, parameter_count
 
 WEIGHTS_FILE = "predictor.safetensors"
+QUERY_SOURCES = ("ahead", "own")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "predictor"
 
 
@@ -46,6 +53,7 @@ class PredictorConfig:
     group_layers: int = 4
     first_layer: int = 1
     key_bits: int = 16  # how the key channels are stored in the extra cache (16, 8 or 4: core.keysummary)
+    query: str = "ahead"  # one of QUERY_SOURCES: predicted ahead of the layer, or the layer's own query
 
     @classmethod
     def for_spec(cls, spec: ModelSpec, **overrides) -> PredictorConfig:
@@ -95,6 +103,8 @@ class Predictor(nn.Module):
         if config.dim % 2 or config.dim > config.head_dim:
             raise ValueError(f"dim must be even and <= head_dim ({config.head_dim}), got {config.dim}.")
         check_bits(config.key_bits)
+        if config.query not in QUERY_SOURCES:
+            raise ValueError(f"query must be one of {QUERY_SOURCES}, got {config.query!r}.")
         self.config = config
         per_layer = config.num_heads * config.dim
         self.producers = nn.ModuleDict(
@@ -103,6 +113,12 @@ class Predictor(nn.Module):
                 for p in config.producer_layers
             }
         )
+        if self.own_query:  # starts as Double Sparsity: the real query's channels, no correction
+            for producer in self.producers.values():
+                nn.init.zeros_(producer.down.weight)
+                nn.init.zeros_(producer.down.bias)
+            start = math.sqrt(config.dim / config.head_dim)  # the score q'.k'/sqrt(dim) is then the channels' logit
+            self.own_weight = nn.Parameter(torch.full((config.num_layers, config.num_heads, config.dim // 2), start))
         default_pairs = torch.arange(config.dim // 2).expand(config.num_layers, config.num_kv_heads, -1)
         self.register_buffer("pairs", default_pairs.clone())
         self.register_buffer("channels", torch.empty(0, dtype=torch.long), persistent=False)
@@ -117,6 +133,17 @@ class Predictor(nn.Module):
         group = self.config.num_heads // self.config.num_kv_heads
         self.channels = torch.cat([self.pairs, self.pairs + self.config.head_dim // 2], dim=-1)
         self.rope_columns = self.pairs.repeat_interleave(group, dim=1).contiguous()
+
+    @property
+    def own_query(self) -> bool:
+        return self.config.query == "own"
+
+    def key_group(self, layer: int) -> int:
+        """The first layer of the layers whose importance queries are known at once, so one fused pass
+        selects for all of them: the producer's group ahead of the layer, the layer alone with its own query."""
+        if self.own_query:
+            return layer
+        return layer - (layer - self.config.first_layer) % self.config.group_layers
 
     def layers_of(self, producer: int) -> list[int]:
         """Layers whose queries producer `producer` predicts."""
@@ -163,6 +190,20 @@ class Predictor(nn.Module):
         x, y = out[..., :half], out[..., half:]
         rotated = torch.cat([x * c - y * s, y * c + x * s], dim=-1).permute(2, 0, 3, 1, 4)  # [G, B, Hq, T, dim]
         return {layer: rotated[i] for i, layer in enumerate(layers)}
+
+    def layer_queries(self, layer: int, predicted: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """[B, Hq, Q, dim] importance queries of `layer` from the producer's `predicted` ones and the layer's
+        `real` post-RoPE queries [B, Hq, Q, head_dim]: the prediction as is ("ahead"), or the real query at
+        the layer's calibrated pairs, weighted per head and pair, plus the prediction ("own"). A weight per
+        pair scales both halves alike, so the result still rotates with the keys' channels."""
+        if not self.own_query:
+            return predicted
+        group = self.config.num_heads // self.config.num_kv_heads
+        idx = self.channels[layer].repeat_interleave(group, dim=0).to(real.device)  # [Hq, dim]
+        b, hq, q, _ = real.shape
+        picked = torch.gather(real, -1, idx[None, :, None, :].expand(b, hq, q, -1))
+        weight = self.own_weight[layer].repeat(1, 2)[None, :, None, :]  # [1, Hq, 1, dim]
+        return (picked.to(weight.dtype) * weight + predicted.to(weight.dtype)).to(predicted.dtype)
 
     def scores(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """[B, Hq, Q, dim] predicted queries x [B, Hkv, T, head_dim] real keys -> [B, Hq, Q, T] logits."""

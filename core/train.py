@@ -53,6 +53,7 @@ class TrainConfig:
     inner: int = 128
     group_layers: int = 4
     key_bits: int = 16  # the key channels stored at 16, 8 or 4 bits (more channels in the same bytes)
+    query: str = "ahead"  # core.predictor.QUERY_SOURCES: predicted ahead of the layer, or its own query
     seed: int = 0
     calib_chunks: int = 4
     save_every: int = 100
@@ -123,7 +124,8 @@ def row_logits(
         hidden, cos, sin = cap.inputs[producer]
         for layer, q_pred in predictor.queries(producer, hidden, cos, sin).items():
             query, key = cap.qk[layer]
-            pred = predictor.scores(layer, q_pred[:, :, rows, :], key).float()
+            importance = predictor.layer_queries(layer, q_pred[:, :, rows, :], query[:, :, rows, :])
+            pred = predictor.scores(layer, importance, key).float()
             group = query.shape[1] // key.shape[1]
             true = torch.matmul(query[:, :, rows, :].float(), key.repeat_interleave(group, 1).float().transpose(-1, -2))
             causal = torch.arange(key.shape[2], device=key.device)[None, :] <= rows[:, None].to(key.device)
@@ -188,8 +190,14 @@ def train(
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     total_steps = config.total_steps
-    pconf = PredictorConfig.for_spec(lm.spec, dim=config.dim, inner=config.inner, group_layers=config.group_layers,
-                                     key_bits=config.key_bits)
+    pconf = PredictorConfig.for_spec(
+        lm.spec,
+        dim=config.dim,
+        inner=config.inner,
+        group_layers=config.group_layers,
+        key_bits=config.key_bits,
+        query=config.query,
+    )
     model = Predictor(pconf)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, config.warmup))
@@ -199,8 +207,10 @@ def train(
         saved, wanted = asdict(PredictorConfig(**json.loads((out / CONFIG_FILE).read_text())["config"])), asdict(pconf)
         if saved != wanted:
             changed = sorted(k for k in wanted if saved[k] != wanted[k])
-            raise ValueError(f"The checkpoint in {out} is a predictor with other {', '.join(changed)}; pass the flags "
-                             "it was trained with to resume it, or --restart to start over.")
+            raise ValueError(
+                f"The checkpoint in {out} is a predictor with other {', '.join(changed)}; pass the flags "
+                "it was trained with to resume it, or --restart to start over."
+            )
         state = torch.load(state_path, weights_only=False)
         model.load_state_dict(state["predictor"])
         optimizer.load_state_dict(state["optimizer"])

@@ -21,7 +21,7 @@ EVERY_METHOD = ["dense", "oracle", "random", "streaming", "quest", "tokenbutler"
 def build(name: str, lm, **options):
     if name == "tokenbutler":
         torch.manual_seed(1)
-        options["predictor"] = Predictor(PredictorConfig.for_spec(lm.spec, dim=8, inner=16, group_layers=2))
+        options.setdefault("predictor", Predictor(PredictorConfig.for_spec(lm.spec, dim=8, inner=16, group_layers=2)))
     if name == "double-sparsity":  # calibrated on other text than any test decodes; half the channels
         options.setdefault("ranking", calibrate_channels(lm, [prompt_ids(64, seed=9)[0]], progress=False))
         options.setdefault("channels", lm.spec.head_dim // 2)
@@ -157,12 +157,22 @@ def test_teacher_row_equals_decode_step(tiny_lm, name):
     assert_teacher_rows_equal_decode_steps(tiny_lm, name, steps=10)
 
 
-def assert_teacher_rows_equal_decode_steps(lm, name: str, steps: int, n: int = 30) -> None:
+def test_teacher_row_equals_decode_step_with_the_layers_own_query(tiny_lm):
+    torch.manual_seed(2)
+    own = Predictor(PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2, query="own"))
+    with torch.no_grad():  # a trained correction and weights, not the zero-initialised ones
+        for producer in own.producers.values():
+            producer.down.weight.normal_(std=0.3)
+        own.own_weight.uniform_(0.2, 1.5)
+    assert_teacher_rows_equal_decode_steps(tiny_lm, "tokenbutler", steps=10, predictor=own)
+
+
+def assert_teacher_rows_equal_decode_steps(lm, name: str, steps: int, n: int = 30, **options) -> None:
     """Decode `steps` tokens at 40%, then teacher-force the same tokens: row t must equal step t."""
     budget = Budget(ratio=0.4)
-    events = run(lm, name, budget, steps=steps, n=n)
+    events = run(lm, name, budget, steps=steps, n=n, **options)
     ids = torch.cat([prompt_ids(n)[0], torch.tensor([e.token_id for e in events[:-1]])])
-    logits, _ = forward_teacher(lm, ids, build(name, lm), budget, prompt_len=n)
+    logits, _ = forward_teacher(lm, ids, build(name, lm, **options), budget, prompt_len=n)
     for i, event in enumerate(events):
         assert torch.allclose(logits[0, n - 1 + i], event.logits, atol=1e-4), f"step {i}"
 

@@ -181,3 +181,37 @@ def test_key_channels_stored_at_8_bits_are_what_training_and_decoding_score(tiny
     assert over["cache_values_per_token"] == (tiny_lm.spec.num_layers - 1) * tiny_lm.spec.num_kv_heads * (8 / 2 + 1)
     with pytest.raises(ValueError, match="bits"):
         Predictor(replace(config, key_bits=5))
+
+
+def test_the_layers_own_query_starts_as_its_real_query_at_the_calibrated_channels(tiny_lm) -> None:
+    """query="own" at initialisation is Double Sparsity at the predictor's channels: the true logit over them."""
+    config = PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2, query="own")
+    predictor = Predictor(config)
+    cap = capture_pass(tiny_lm, chunks()[0], config.producer_layers)
+    rows = torch.arange(10, 64)
+    group = config.num_heads // config.num_kv_heads
+    seen = 0
+    for layer, pred, _, _ in row_logits(predictor, cap, rows):
+        query, key = cap.qk[layer]
+        channels = predictor.key_channels(layer)
+        per_head = channels.repeat_interleave(group, 0)[None, :, None, :]
+        q = torch.gather(query[:, :, rows], -1, per_head.expand(1, -1, rows.numel(), -1))
+        k = torch.gather(key, -1, channels[None, :, None, :].expand(1, -1, 64, -1)).repeat_interleave(group, 1)
+        partial = torch.matmul(q, k.transpose(-1, -2)) / config.head_dim**0.5
+        assert torch.allclose(pred, partial, atol=1e-5)
+        seen += 1
+    assert seen == len(config.predicted_layers)
+
+
+def test_a_trained_own_query_predictor_learns_and_round_trips(tiny_lm, tmp_path) -> None:
+    predictor, _ = train(tiny_lm, chunks(), tmp_path, replace(CONFIG, query="own", steps=8), progress=False)
+    start = (config := predictor.config).dim / config.head_dim
+    assert not torch.allclose(predictor.own_weight, torch.full_like(predictor.own_weight, start**0.5))
+    loaded = Predictor.load(tmp_path, tiny_lm.spec)
+    assert loaded.config.query == "own" and torch.equal(loaded.own_weight, predictor.own_weight)
+    cap = capture_pass(tiny_lm, chunks()[1], config.producer_layers)
+    rows = torch.arange(10, 64)
+    for (_, a, _, _), (_, b, _, _) in zip(row_logits(predictor, cap, rows), row_logits(loaded, cap, rows), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="query"):
+        Predictor(replace(config, query="behind"))

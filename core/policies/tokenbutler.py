@@ -53,12 +53,13 @@ class TokenButlerPolicy(Policy):
         self.ahead = {}
 
     def _keys(self, layer: int) -> tuple[GroupKeys, int]:
-        """The key cache of `layer`'s producer group and the layer's slot in it."""
-        producer = layer - (layer - self.predictor.config.first_layer) % self.predictor.config.group_layers
-        group = self.key_cache.get(producer)
+        """The key cache of `layer`'s group (`Predictor.key_group`) and the layer's slot in it."""
+        first = self.predictor.key_group(layer)
+        group = self.key_cache.get(first)
         if group is None:
-            group = self.key_cache[producer] = GroupKeys(len(self.predictor.layers_of(producer)))
-        return group, layer - producer
+            size = 1 if self.predictor.own_query else len(self.predictor.layers_of(first))
+            group = self.key_cache[first] = GroupKeys(size)
+        return group, layer - first
 
     @classmethod
     def available(cls) -> bool:
@@ -110,15 +111,17 @@ class TokenButlerPolicy(Policy):
         rows = (view.positions - start).to(queries.device)
         group, slot = self._keys(view.layer)
         keys = group.update(slot, self.predictor, view.layer, view.key)
-        return self.predictor.score_projected(queries[:, :, rows, :], keys)
+        importance = self.predictor.layer_queries(view.layer, queries[:, :, rows, :], view.query)
+        return self.predictor.score_projected(importance, keys)
 
     def decode_indices(self, view: LayerView, keep: int) -> torch.Tensor | None:
-        """A decode step's rows for every layer of a producer group at once, at the group's first layer.
+        """A decode step's rows for every layer of a key group at once, at the group's first layer.
 
-        The current token is always read, so the past tokens' scores decide everything and they are
-        known before the later layers of the group run: one fused selection over the group's stored key
-        codes (`core.kernels.select_cpu`) serves all its layers. None when the group's key cache is not
-        yet filled up to this step (the first step after a prefill)."""
+        The current token is always read, so the past tokens' scores decide everything, and with queries
+        predicted ahead they are known before the later layers of the group run: one fused selection over
+        the group's stored key codes (`core.kernels.select_cpu`) serves all its layers (with the layer's
+        own query, a group is one layer). None when the group's key cache is not yet filled up to this
+        step (the first step after a prefill)."""
         t, layer = view.context, view.layer
         cached = self.ahead.pop(layer, None)
         group, slot = self._keys(layer)
@@ -129,7 +132,13 @@ class TokenButlerPolicy(Policy):
         ready = slot == 0 and all(group.lengths[i] == t - 1 for i in range(group.size))
         if not ready or any(self.pred_queries.get(lay, (None,))[0] != t - 1 for lay in layers):
             return None
-        queries = torch.stack([self.pred_queries[lay][1][:, :, -1, :] for lay in layers])  # [G, B, Hq, dim]
+        newest = view.query[:, :, -1:, :]
+        queries = torch.stack(  # [G, B, Hq, dim]
+            [
+                self.predictor.layer_queries(lay, self.pred_queries[lay][1][:, :, -1:, :], newest)[:, :, 0]
+                for lay in layers
+            ]
+        )
         g, b, hq, dim = queries.shape
         hkv = view.key.shape[1]
         per_row = queries.reshape(g * b * hkv, hq // hkv, dim)  # the code cache's rows: layer, batch, KV head
@@ -147,7 +156,7 @@ class TokenButlerPolicy(Policy):
 
 
 class GroupKeys:
-    """The predictor's own key cache for one producer group: the calibrated channels of every cached
+    """The predictor's own key cache for one key group: the calibrated channels of every cached
     key of each of its layers, stored at the predictor's `key_bits` (`core.keycodes.KeyCodes`, one row
     per layer, batch and KV head) and appended as the KV cache grows, so a decode step projects one new
     key instead of re-reading the whole K cache, and one fused selection scores the whole group."""
