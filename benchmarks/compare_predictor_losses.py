@@ -11,6 +11,8 @@ assets/results/predictor_ablation.json.
         --out assets/results/predictor_losses_v4.json      # the losses of the selection decision
     python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-own v4-kl-own v4-rank-g1 \
         --out assets/results/predictor_queries_v4.json     # the layer's own query, one producer per layer
+    python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-learned b16-rank-learned \
+        b8-rank-learned b4-rank-learned --out assets/results/predictor_keys_v4.json   # learned key codes
 
 The shipped predictor (assets/predictor), when present, is scored on the same held-out chunks.
 """
@@ -50,6 +52,12 @@ VARIANTS |= {  # where the importance query comes from (issue 32 item 4), at v4'
     "v4-rank-own": {**V4, "loss": "rank", "query": "own"},
     "v4-kl-own": {**V4, "loss": "kl", "query": "own"},
     "v4-rank-g1": {**V4, "loss": "rank", "group_layers": 1, "inner": 56},  # one producer per layer
+}
+LEARNED = {**V4, "loss": "rank", "keys": "learned"}  # a learned key code (issue 32 item 2); inner keeps <= 1.2%
+VARIANTS |= {
+    "v4-rank-learned": {**LEARNED, "inner": 104},  # 32 values in 8 bits: 34 bytes a token, layer and KV head
+    "v4-rank-own-learned": {**LEARNED, "inner": 104, "query": "own"},
+    **{f"b{size}-rank-learned": {**LEARNED, "dim": dim, "key_bits": 4} for size, dim in ((16, 28), (8, 12), (4, 4))},
 }
 
 

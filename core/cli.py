@@ -22,7 +22,7 @@ from core.losses import LOSSES
 from core.models import load
 from core.policies import make_policy, policy_names
 from core.policies.double_sparsity import DEFAULT_DIR as CHANNELS_DIR
-from core.predictor import QUERY_SOURCES
+from core.predictor import KEY_CODES, QUERY_SOURCES
 from core.shadow.cli import add_shadow_commands
 from core.sources import chat_cache_dir
 from core.tiny import QUICK_MODEL, tiny_model
@@ -39,11 +39,13 @@ TRAIN_FLAGS = {  # TrainConfig fields given as flags -> help (type and default c
     "group_layers": "layers each producer predicts",
     "key_bits": "bits each stored key channel takes in the extra cache (16, 8 or 4)",
     "query": "importance query: predicted ahead of the layer (the paper's, allows prefetch) or the layer's own",
+    "keys": "extra cache: the key's calibrated RoPE pairs, or a learned projection of the key (same bytes)",
     "seed": None,
     "save_every": None,
     "schedule": "sequence lengths over training, e.g. 512x1000,2048x500,4096x400 (overrides --seq-len/--steps)",
 }
-TRAIN_CHOICES = {"loss": list(LOSSES), "key_bits": list(SUMMARY_BITS), "query": list(QUERY_SOURCES)}
+TRAIN_CHOICES = {"loss": list(LOSSES), "key_bits": list(SUMMARY_BITS), "query": list(QUERY_SOURCES),
+                 "keys": list(KEY_CODES)}
 
 
 def load_for(args: argparse.Namespace):

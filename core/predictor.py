@@ -17,6 +17,11 @@ Design (generation "2.5", see docs/predictor.md):
   the producer's prediction as a learned correction. "own" starts as Double Sparsity at the same channels
   (weights sqrt(dim/head_dim), correction zero), so Double Sparsity lies inside what it can learn; it
   gives up the prefetch.
+- What the extra cache holds (`keys`): "pairs", the calibrated pairs of the real key; or "learned", a
+  learned projection of the key before RoPE (the cached key rotated back to position 0) to `dim` values,
+  rotated again at the calibrated pairs' frequencies. Any projection keeps the score relative-position
+  aware this way, and it starts as the calibrated pairs (the projection picks them), so a learned code
+  can only move from there.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from core.spec import ModelSpec, parameter_count
 
 WEIGHTS_FILE = "predictor.safetensors"
 QUERY_SOURCES = ("ahead", "own")
+KEY_CODES = ("pairs", "learned")
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "predictor"
 
 
@@ -54,6 +60,7 @@ class PredictorConfig:
     first_layer: int = 1
     key_bits: int = 16  # how the key channels are stored in the extra cache (16, 8 or 4: core.keysummary)
     query: str = "ahead"  # one of QUERY_SOURCES: predicted ahead of the layer, or the layer's own query
+    keys: str = "pairs"  # one of KEY_CODES: the key's calibrated pairs, or a learned projection of it
 
     @classmethod
     def for_spec(cls, spec: ModelSpec, **overrides) -> PredictorConfig:
@@ -105,6 +112,8 @@ class Predictor(nn.Module):
         check_bits(config.key_bits)
         if config.query not in QUERY_SOURCES:
             raise ValueError(f"query must be one of {QUERY_SOURCES}, got {config.query!r}.")
+        if config.keys not in KEY_CODES:
+            raise ValueError(f"keys must be one of {KEY_CODES}, got {config.keys!r}.")
         self.config = config
         per_layer = config.num_heads * config.dim
         self.producers = nn.ModuleDict(
@@ -123,7 +132,11 @@ class Predictor(nn.Module):
         self.register_buffer("pairs", default_pairs.clone())
         self.register_buffer("channels", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("rope_columns", torch.empty(0, dtype=torch.long), persistent=False)
+        if self.learned_keys:  # [L, Hkv, dim, head_dim], set to pick the calibrated pairs by `set_pairs`
+            self.key_projection = nn.Parameter(torch.zeros(config.num_layers, config.num_kv_heads, config.dim,
+                                                           config.head_dim))
         self._index_pairs()
+        self._pick_pairs()
         self.register_load_state_dict_post_hook(_reindex_pairs)
 
     def _index_pairs(self) -> None:
@@ -134,9 +147,19 @@ class Predictor(nn.Module):
         self.channels = torch.cat([self.pairs, self.pairs + self.config.head_dim // 2], dim=-1)
         self.rope_columns = self.pairs.repeat_interleave(group, dim=1).contiguous()
 
+    def _pick_pairs(self) -> None:
+        """Set the learned key projection to the one that picks the calibrated pairs (no-op for "pairs")."""
+        if self.learned_keys:
+            with torch.no_grad():
+                self.key_projection.zero_().scatter_(-1, self.channels[..., None], 1.0)
+
     @property
     def own_query(self) -> bool:
         return self.config.query == "own"
+
+    @property
+    def learned_keys(self) -> bool:
+        return self.config.keys == "learned"
 
     def key_group(self, layer: int) -> int:
         """The first layer of the layers whose importance queries are known at once, so one fused pass
@@ -155,20 +178,37 @@ class Predictor(nn.Module):
         besides loading a state dict (both rebuild the index tables derived from them)."""
         self.pairs.copy_(pairs.to(self.pairs))
         self._index_pairs()
+        self._pick_pairs()
 
     def key_channels(self, layer: int) -> torch.Tensor:
         """[Hkv, dim] channel indices of the real key: the selected pairs' first halves, then second halves."""
         return self.channels[layer]
 
-    def pick_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
-        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim]: the calibrated channels, before storing."""
-        idx = self.channels[layer].to(key.device)
-        return torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+    def pick_keys(self, layer: int, key: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> torch.Tensor:
+        """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim], before storing: the calibrated channels,
+        or the learned code, which needs the keys' RoPE tables `rope` (cos, sin [B or 1, T, head_dim])."""
+        if not self.learned_keys:
+            idx = self.channels[layer].to(key.device)
+            return torch.gather(key, -1, idx[None, :, None, :].expand(key.shape[0], -1, key.shape[2], -1))
+        if rope is None:
+            raise ValueError("A learned key code needs the keys' RoPE tables (cos, sin).")
+        cos, sin = (table[:, None].to(self.key_projection.dtype) for table in rope)  # [B, 1, T, head_dim]
+        half = self.config.head_dim // 2
+        x, y = key[..., :half].to(cos.dtype), key[..., half:].to(cos.dtype)
+        c, s = cos[..., :half], sin[..., :half]
+        unrotated = torch.cat([x * c + y * s, y * c - x * s], dim=-1)  # the key at position 0
+        code = torch.einsum("bhtd,hcd->bhtc", unrotated, self.key_projection[layer])
+        columns = self.pairs[layer].to(key.device)  # [Hkv, dim/2]: each KV head's frequencies
+        c, s = (table[:, 0][..., columns].permute(0, 2, 1, 3) for table in (cos, sin))  # [B, Hkv, T, dim/2]
+        a, b = code[..., : self.config.dim // 2], code[..., self.config.dim // 2 :]
+        return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
 
-    def project_keys(self, layer: int, key: torch.Tensor) -> torch.Tensor:
+    def project_keys(self, layer: int, key: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> torch.Tensor:
         """[B, Hkv, T, head_dim] post-RoPE keys -> [B, Hkv, T, dim]: what the extra cache holds, read back
         at its `key_bits` (training sees the same stored keys as decoding)."""
-        return stored(self.pick_keys(layer, key), self.config.key_bits)
+        return stored(self.pick_keys(layer, key, rope), self.config.key_bits)
 
     def queries(self, producer: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict:
         """Rotated importance queries {layer: [B, Hq, T, dim]} from hidden [B, T, E] and RoPE cos/sin.
@@ -205,9 +245,10 @@ class Predictor(nn.Module):
         weight = self.own_weight[layer].repeat(1, 2)[None, :, None, :]  # [1, Hq, 1, dim]
         return (picked.to(weight.dtype) * weight + predicted.to(weight.dtype)).to(predicted.dtype)
 
-    def scores(self, layer: int, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    def scores(self, layer: int, query: torch.Tensor, key: torch.Tensor,
+               rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """[B, Hq, Q, dim] predicted queries x [B, Hkv, T, head_dim] real keys -> [B, Hq, Q, T] logits."""
-        return self.score_projected(query, self.project_keys(layer, key))
+        return self.score_projected(query, self.project_keys(layer, key, rope))
 
     def score_projected(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """[B, Hq, Q, dim] x [B, Hkv, T, dim] projected keys -> [B, Hq, Q, T] logits.

@@ -54,6 +54,7 @@ class TrainConfig:
     group_layers: int = 4
     key_bits: int = 16  # the key channels stored at 16, 8 or 4 bits (more channels in the same bytes)
     query: str = "ahead"  # core.predictor.QUERY_SOURCES: predicted ahead of the layer, or its own query
+    keys: str = "pairs"  # core.predictor.KEY_CODES: the calibrated pairs of the key, or a learned code
     seed: int = 0
     calib_chunks: int = 4
     save_every: int = 100
@@ -125,7 +126,7 @@ def row_logits(
         for layer, q_pred in predictor.queries(producer, hidden, cos, sin).items():
             query, key = cap.qk[layer]
             importance = predictor.layer_queries(layer, q_pred[:, :, rows, :], query[:, :, rows, :])
-            pred = predictor.scores(layer, importance, key).float()
+            pred = predictor.scores(layer, importance, key, (cos, sin)).float()
             group = query.shape[1] // key.shape[1]
             true = torch.matmul(query[:, :, rows, :].float(), key.repeat_interleave(group, 1).float().transpose(-1, -2))
             causal = torch.arange(key.shape[2], device=key.device)[None, :] <= rows[:, None].to(key.device)
@@ -197,6 +198,7 @@ def train(
         group_layers=config.group_layers,
         key_bits=config.key_bits,
         query=config.query,
+        keys=config.keys,
     )
     model = Predictor(pconf)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)

@@ -157,14 +157,19 @@ def test_teacher_row_equals_decode_step(tiny_lm, name):
     assert_teacher_rows_equal_decode_steps(tiny_lm, name, steps=10)
 
 
-def test_teacher_row_equals_decode_step_with_the_layers_own_query(tiny_lm):
+@pytest.mark.parametrize(("query", "keys"), [("own", "pairs"), ("ahead", "learned"), ("own", "learned")])
+def test_teacher_row_equals_decode_step_with_own_queries_and_learned_keys(tiny_lm, query, keys):
     torch.manual_seed(2)
-    own = Predictor(PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2, query="own"))
-    with torch.no_grad():  # a trained correction and weights, not the zero-initialised ones
-        for producer in own.producers.values():
+    config = PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2, query=query, keys=keys)
+    predictor = Predictor(config)
+    with torch.no_grad():  # trained weights, not the initial ones (which pick the calibrated pairs)
+        for producer in predictor.producers.values():
             producer.down.weight.normal_(std=0.3)
-        own.own_weight.uniform_(0.2, 1.5)
-    assert_teacher_rows_equal_decode_steps(tiny_lm, "tokenbutler", steps=10, predictor=own)
+        if query == "own":
+            predictor.own_weight.uniform_(0.2, 1.5)
+        if keys == "learned":
+            predictor.key_projection.add_(0.3 * torch.randn_like(predictor.key_projection))
+    assert_teacher_rows_equal_decode_steps(tiny_lm, "tokenbutler", steps=10, predictor=predictor)
 
 
 def assert_teacher_rows_equal_decode_steps(lm, name: str, steps: int, n: int = 30, **options) -> None:

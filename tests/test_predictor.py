@@ -215,3 +215,59 @@ def test_a_trained_own_query_predictor_learns_and_round_trips(tiny_lm, tmp_path)
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="query"):
         Predictor(replace(config, query="behind"))
+
+
+def rope_tables(lm, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own RoPE tables (cos, sin [1, T, head_dim]) at `positions`."""
+    return lm.model.model.rotary_emb(torch.zeros(1), positions[None])
+
+
+def test_a_learned_key_code_starts_as_the_calibrated_pairs_and_stays_relative_to_position(tiny_lm) -> None:
+    spec = tiny_lm.spec
+    torch.manual_seed(3)
+    pairs = Predictor(PredictorConfig.for_spec(spec, dim=8, inner=16, group_layers=2))
+    learned = Predictor(PredictorConfig.for_spec(spec, dim=8, inner=16, group_layers=2, keys="learned"))
+    heads = spec.num_layers * spec.num_kv_heads
+    calibrated = torch.stack([torch.randperm(spec.head_dim // 2)[:4].sort().values for _ in range(heads)])
+    for predictor in (pairs, learned):
+        predictor.set_pairs(calibrated.view(spec.num_layers, spec.num_kv_heads, 4))
+    key = torch.randn(1, spec.num_kv_heads, 12, spec.head_dim)
+    rope = rope_tables(tiny_lm, torch.arange(12))
+    assert torch.allclose(learned.pick_keys(1, key, rope), pairs.pick_keys(1, key), atol=1e-5)
+    with pytest.raises(ValueError, match="RoPE"):
+        learned.pick_keys(1, key)
+    with torch.no_grad():
+        learned.key_projection.add_(torch.randn_like(learned.key_projection))
+
+    def rotated(vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        cos, sin = rope_tables(tiny_lm, positions)
+        return apply_rotary_pos_emb(vectors, vectors, cos, sin)[0]
+
+    plain_key = torch.randn(1, spec.num_kv_heads, 3, spec.head_dim)
+    query = torch.randn(1, spec.num_heads, 1, 8)  # an importance query before its rotation at position p
+    scores = []
+    for shift in (0, 37):
+        keys_at = torch.tensor([2, 5, 9]) + shift
+        code = learned.pick_keys(2, rotated(plain_key, keys_at), rope_tables(tiny_lm, keys_at))
+        cos, sin = rope_tables(tiny_lm, torch.tensor([11 + shift]))
+        columns = learned.rope_columns[2]  # rotate the query at its head's pairs, as `queries` does
+        c, s = cos[0, 0][columns][None, :, None, :], sin[0, 0][columns][None, :, None, :]
+        x, y = query[..., :4], query[..., 4:]
+        scores.append(learned.score_projected(torch.cat([x * c - y * s, y * c + x * s], dim=-1), code))
+    assert torch.allclose(scores[0], scores[1], atol=1e-4)  # only the distance between positions matters
+
+
+def test_a_trained_learned_key_code_round_trips_and_decodes_from_its_cache(tiny_lm, tmp_path) -> None:
+    from core.policies.tokenbutler import GroupKeys
+
+    predictor, _ = train(tiny_lm, chunks(), tmp_path, replace(CONFIG, keys="learned", steps=6), progress=False)
+    loaded = Predictor.load(tmp_path, tiny_lm.spec)
+    assert loaded.config.keys == "learned" and torch.equal(loaded.key_projection, predictor.key_projection)
+    assert loaded.overheads(tiny_lm.spec, 10**6)["parameters"] == predictor.parameter_count()
+    key = torch.randn(1, tiny_lm.spec.num_kv_heads, 40, tiny_lm.spec.head_dim)
+    cache = GroupKeys(1, lambda start, stop, like: rope_tables(tiny_lm, torch.arange(start, stop)))
+    for length in (10, 11, 40):  # a prefill, then steps: each appended code is its own token's
+        got = cache.update(0, loaded, 3, key[:, :, :length])
+    assert torch.allclose(got, loaded.project_keys(3, key, rope_tables(tiny_lm, torch.arange(40))), atol=1e-5)

@@ -9,6 +9,7 @@ evicted: a token dropped at one step can be read again when a later query needs 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class TokenButlerPolicy(Policy):
     key_cache: dict[int, GroupKeys] = field(default_factory=dict, init=False, repr=False)  # per producer
     ahead: dict[int, tuple[int, int, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
     _checked: set[int] = field(default_factory=set, init=False, repr=False)
+    _rotary: torch.nn.Module | None = field(default=None, init=False, repr=False)  # the model's RoPE tables
 
     def __post_init__(self) -> None:
         if not isinstance(self.predictor, Predictor):
@@ -58,8 +60,14 @@ class TokenButlerPolicy(Policy):
         group = self.key_cache.get(first)
         if group is None:
             size = 1 if self.predictor.own_query else len(self.predictor.layers_of(first))
-            group = self.key_cache[first] = GroupKeys(size)
+            group = self.key_cache[first] = GroupKeys(size, self._rope)
         return group, layer - first
+
+    def _rope(self, start: int, stop: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's RoPE tables (cos, sin) at positions [start, stop): what a learned key code needs."""
+        if self._rotary is None:
+            raise ValueError("This predictor's learned key code needs the model's rotary embedding (rotary_emb).")
+        return self._rotary(like, torch.arange(start, stop, device=like.device)[None])
 
     @classmethod
     def available(cls) -> bool:
@@ -89,6 +97,7 @@ class TokenButlerPolicy(Policy):
         layers = model.model.layers
         device = next(model.parameters()).device
         self.predictor.to(device)
+        self._rotary = getattr(model.model, "rotary_emb", None)
 
         def make_hook(producer: int):
             def hook(module, args, kwargs):
@@ -161,8 +170,11 @@ class GroupKeys:
     per layer, batch and KV head) and appended as the KV cache grows, so a decode step projects one new
     key instead of re-reading the whole K cache, and one fused selection scores the whole group."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self, size: int, rope: Callable[[int, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> None:
         self.size = size
+        self.rope = rope  # RoPE tables at positions [start, stop), read only for a learned key code
         self.codes: KeyCodes | None = None
         self.lengths = [0] * size
         self.batch_heads = (0, 0)
@@ -182,7 +194,8 @@ class GroupKeys:
             self.batch_heads = (b, hkv)
         start = 0 if total < self.lengths[slot] else self.lengths[slot]
         if total > start:
-            picked = predictor.pick_keys(layer, key[:, :, start:])
+            rope = self.rope(start, total, key) if self.rope is not None and predictor.learned_keys else None
+            picked = predictor.pick_keys(layer, key[:, :, start:], rope)
             self.codes.write(start, picked.reshape(b * hkv, total - start, config.dim), self._rows(slot))
         self.lengths[slot] = total
 
