@@ -9,6 +9,8 @@ assets/results/predictor_ablation.json.
         --out assets/results/predictor_capacity.json
     python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-kl v4-rank v4-bce v4-kl-top \
         --out assets/results/predictor_losses_v4.json      # the losses of the selection decision
+    python benchmarks/compare_predictor_losses.py --variants --references 32x8 16x8 32x4 16x4 8x4 8x8 \
+        --out assets/results/predictor_ds_reference.json    # Double Sparsity on the same chunks, no training
     python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-own v4-kl-own v4-rank-g1 \
         --out assets/results/predictor_queries_v4.json     # the layer's own query, one producer per layer
     python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-learned b16-rank-learned \
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from statistics import fmean
@@ -30,11 +33,14 @@ import torch
 
 from core.checkpoint import CONFIG_FILE
 from core.data import token_chunks
+from core.keysummary import stored, values_per_token
 from core.losses import LOSSES, row_loss
 from core.metrics import hit_accuracy, top_count, top_mask
 from core.models import DEFAULT_MODEL, load
+from core.policies.double_sparsity import ChannelRanking, shipped_ranking
 from core.predictor import DEFAULT_DIR, Predictor
-from core.train import TrainConfig, capture_pass, row_logits, sample_rows, train
+from core.spec import FIRST_SPARSE_LAYER
+from core.train import Capture, TrainConfig, capture_pass, row_logits, sample_rows, train, true_rows
 
 OUT = Path(__file__).resolve().parent.parent / "assets" / "results" / "predictor_ablation.json"
 VARIANTS = {
@@ -72,17 +78,38 @@ def recall_at(pred: torch.Tensor, true: torch.Tensor, causal: torch.Tensor, frac
     return float((probs * kept).sum(-1).mean())
 
 
-def heldout_scores(lm, predictor, chunks) -> dict[str, float]:
+def channel_logits(ranking: ChannelRanking, channels: int, bits: int) -> Callable:
+    """Double Sparsity's scores as a `heldout_scores` source: each head's real query at its KV head's
+    `channels` calibrated channels against the same channels of the keys stored at `bits`."""
+
+    def rows_of(cap: Capture, rows: torch.Tensor) -> Iterator:
+        for layer in range(FIRST_SPARSE_LAYER, len(cap.qk)):
+            query, key = cap.qk[layer]
+            group = query.shape[1] // key.shape[1]
+            idx = ranking.chosen(layer, channels)[None, :, None, :]
+            labels = stored(torch.gather(key, -1, idx.expand(1, -1, key.shape[2], -1)), bits).float()
+            per_head = idx.repeat_interleave(group, 1).expand(1, -1, rows.numel(), -1)
+            picked = torch.gather(query[:, :, rows], -1, per_head)
+            pred = torch.matmul(picked.float(), labels.repeat_interleave(group, 1).transpose(-1, -2))
+            yield layer, pred, *true_rows(query, key, rows)
+
+    return rows_of
+
+
+def heldout_scores(lm, predictor: Predictor | Callable, chunks) -> dict[str, float]:
     """Over held-out chunks: hit accuracy on the last row and on 64 sampled rows, the mean KL, and the
-    attention recall of each head's predicted top 10/25/50% on the sampled rows."""
+    attention recall of each head's predicted top 5/10/25/50% on the sampled rows. `predictor` is a trained
+    predictor or a source of predicted logits like `channel_logits`."""
     last, sampled, kl = [], [], []
     recall: dict[float, list[float]] = {frac: [] for frac in RECALL_BUDGETS}
     rng = random.Random(0)
+    trained = isinstance(predictor, Predictor)
+    producers = predictor.config.producer_layers if trained else []
     with torch.no_grad():
         for ids in chunks:
-            cap = capture_pass(lm, ids, predictor.config.producer_layers)
+            cap = capture_pass(lm, ids, producers)
             rows = torch.cat([sample_rows(ids.numel() - 1, 63, 16, rng), torch.tensor([ids.numel() - 1])])
-            for _, pred, true, causal in row_logits(predictor, cap, rows):
+            for _, pred, true, causal in row_logits(predictor, cap, rows) if trained else predictor(cap, rows):
                 past = causal.sum(-1)
                 last.append(float(hit_accuracy(pred[..., -1, :], true[..., -1, :], past[-1]).mean()))
                 sampled.append(float(hit_accuracy(pred, true, past).mean()))
@@ -103,6 +130,8 @@ def main() -> None:
                         help="none: score only the shipped predictor")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--score-only", action="store_true", help="score runs/ablation-<variant> without training")
+    parser.add_argument("--references", nargs="*", default=[], metavar="CHANNELSxBITS",
+                        help="Double Sparsity rows on the same chunks, e.g. 32x8 16x4 (the shipped calibration)")
     args = parser.parse_args()
     lm = load(args.model)
     train_chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=0, order="in-order")
@@ -120,28 +149,41 @@ def main() -> None:
         results[name] = {
             **heldout_scores(lm, predictor, held),
             **predictor.overheads(lm.spec, lm.parameter_count),
+            "summary_bytes": summary_bytes(predictor.config.dim, predictor.config.key_bits),
             "train_loss_last10": sum(h["loss"] for h in history[-10:]) / 10,
             "config": VARIANTS[name],
         }
         print(name, results[name])
         write(args.out, args.steps, args.seq_len, results)
+    for reference in args.references:  # Double Sparsity at its own bytes, no training
+        channels, bits = (int(x) for x in reference.split("x"))
+        scores = heldout_scores(lm, channel_logits(shipped_ranking(), channels, bits), held)
+        results[f"ds-{reference}"] = {**scores, "parameter_share": 0.0, "summary_bytes": summary_bytes(channels, bits),
+                                      "cache_share": values_per_token(channels, bits) * lm.spec.num_kv_heads
+                                      * (lm.spec.num_layers - FIRST_SPARSE_LAYER) / lm.spec.kv_values_per_token}
     if (DEFAULT_DIR / CONFIG_FILE).is_file():  # the shipped predictor, scored on the same held-out chunks
         shipped = Predictor.load(DEFAULT_DIR, lm.spec)
         results["shipped"] = {**heldout_scores(lm, shipped, held),
+                              "summary_bytes": summary_bytes(shipped.config.dim, shipped.config.key_bits),
                               **shipped.overheads(lm.spec, lm.parameter_count)}
     trained = f"{args.steps} steps of {args.seq_len} tokens each; " if args.variants else ""
     print(f"\n{trained}held-out: {args.heldout} chunks of {args.seq_len} tokens\n")
     print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | recall@5% | recall@10% | recall@25% "
-          "| recall@50% | params | extra cache |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| recall@50% | params | extra cache | bytes a token, layer, KV head |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
             f"| {name} | {r['hit_last_row']:.3f} | {r['hit_rows']:.3f} | {r['kl']:.3f} | {r['recall_5%']:.3f} | "
             f"{r['recall_10%']:.3f} | "
             f"{r['recall_25%']:.3f} | {r['recall_50%']:.3f} | "
-            f"{r['parameter_share']:.2%} | {r['cache_share']:.1%} |"
+            f"{r['parameter_share']:.2%} | {r['cache_share']:.1%} | {r.get('summary_bytes', float('nan')):g} |"
         )
     write(args.out, args.steps, args.seq_len, results)
+
+
+def summary_bytes(channels: int, bits: int) -> float:
+    """Bytes a key summary of `channels` values at `bits` takes per token and KV head (a 16-bit scale below 16)."""
+    return 2 * values_per_token(channels, bits)
 
 
 def finished(path: Path, steps: int, seq_len: int) -> dict:

@@ -120,17 +120,21 @@ def row_logits(
     predictor: Predictor, cap: Capture, rows: torch.Tensor
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (layer, predicted logits, true logits, causal mask) for the sampled rows, layer by layer."""
-    scale = predictor.config.head_dim**-0.5
     for producer in predictor.config.producer_layers:
         hidden, cos, sin = cap.inputs[producer]
         for layer, q_pred in predictor.queries(producer, hidden, cos, sin).items():
             query, key = cap.qk[layer]
             importance = predictor.layer_queries(layer, q_pred[:, :, rows, :], query[:, :, rows, :])
             pred = predictor.scores(layer, importance, key, (cos, sin)).float()
-            group = query.shape[1] // key.shape[1]
-            true = torch.matmul(query[:, :, rows, :].float(), key.repeat_interleave(group, 1).float().transpose(-1, -2))
-            causal = torch.arange(key.shape[2], device=key.device)[None, :] <= rows[:, None].to(key.device)
-            yield layer, pred, true * scale, causal
+            yield layer, pred, *true_rows(query, key, rows)
+
+
+def true_rows(query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen model's scaled logits [B, Hq, R, T] of query `rows` over every key, and the causal mask [R, T]."""
+    group = query.shape[1] // key.shape[1]
+    true = torch.matmul(query[:, :, rows, :].float(), key.repeat_interleave(group, 1).float().transpose(-1, -2))
+    causal = torch.arange(key.shape[2], device=key.device)[None, :] <= rows[:, None].to(key.device)
+    return true * query.shape[-1] ** -0.5, causal
 
 
 def sample_rows(seq_len: int, rows: int, min_row: int, generator: random.Random) -> torch.Tensor:

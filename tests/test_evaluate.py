@@ -18,7 +18,7 @@ from core.eval.intervals import ratio_interval, resample_indices, share_interval
 from core.eval.measure import task_cells
 from core.eval.report import figure_panels
 from core.models import LoadedModel
-from core.policies import make_policy
+from core.policies import UnknownPolicyError, make_policy
 from tests.conftest import tiny_llama
 
 
@@ -242,3 +242,18 @@ def test_rekey_moves_only_cells_measured_by_the_same_code(tmp_path, monkeypatch)
     today = digest(policy_digest(make_policy("h2o")), code_digest(make_policy("h2o")))
     assert reread.get(("perplexity", "h2o", today, "50%", "abc")) == {"nll": 1.0}
     assert reread.get(("perplexity", "quest", old_id["quest"], "50%", "abc")) == {"nll": 1.0}
+
+
+def test_methods_with_options_are_measured_as_methods_of_their_own(tmp_path) -> None:
+    """A knob sweep: quest at two page sizes is two methods, each reading its own bytes beside its rows."""
+    out = tmp_path / "results"
+    args = ["--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--policies",
+            "dense,quest:page_size=4,quest:page_size=16", "--long-prompt", "0", "--tasks", "", "--decode-chunks", "0"]
+    assert main(args) == 0
+    perplexity = json.loads((out / "eval_tiny-random-llama.json").read_text())["results"]["perplexity"]
+    small, large = perplexity["quest:page_size=4"]["50%"], perplexity["quest:page_size=16"]["50%"]
+    side = {name: cell["achieved_sparsity"] - cell["byte_sparsity"] for name, cell in (("4", small), ("16", large))}
+    assert 3 * side["16"] < side["4"] < 4 * side["16"]  # page bounds, one pair a page (partial pages aside)
+    for bad, message in (("quest:size=4", "has no option"), ("quest:page_size", "option=value"), ("nope", "Unknown")):
+        with pytest.raises(UnknownPolicyError, match=message):
+            main(["--quick", "--out", str(out), "--policies", f"dense,{bad}"])

@@ -21,7 +21,7 @@ from core.eval.config import CEILING, DENSE, LEARNED, EvalConfig, model_slug
 from core.eval.intervals import closure_interval, ratio_interval, resample_indices, share_interval
 from core.eval.measure import attention_cells, chunk_nll, decode_agreement, listed, long_prompt_cells, task_cells
 from core.models import LoadedModel, load
-from core.policies import Policy, UnknownPolicyError, make_policy, policy_names
+from core.policies import Policy, parse_spec, policy_from_spec, policy_names
 from core.spec import FIRST_SPARSE_LAYER
 from core.tasks import encode_sample, make_samples
 from core.tiny import QUICK_MODEL, tiny_model
@@ -317,10 +317,10 @@ def load_model(source: str, processes: PartialState) -> LoadedModel:
 
 
 def check_policy_names(names: Sequence[str]) -> Sequence[str]:
-    """Refuse unknown names up front (before a model is loaded)."""
-    unknown = [n for n in names if n not in policy_names()]
-    if unknown:
-        raise UnknownPolicyError(f"Unknown policies {unknown}; choose from: {', '.join(policy_names())}.")
+    """Refuse unknown names and options up front (before a model is loaded); a name may carry options,
+    'double-sparsity:channels=16:bits=4' (`core.policies.parse_spec`), and is its own method in the results."""
+    for name in names:
+        parse_spec(name)
     return names
 
 
@@ -330,7 +330,7 @@ def build_policies(lm: LoadedModel, names: Sequence[str]) -> tuple[dict[str, Pol
     policies, skipped = {}, {}
     for name in names or policy_names():  # run_evaluation has checked the names
         try:
-            policy = make_policy(name)
+            policy = policy_from_spec(name)
             for handle in policy.attach(lm.model):  # attaching checks the predictor fits this model
                 handle.remove()
         except (FileNotFoundError, ValueError) as err:

@@ -43,8 +43,8 @@ def option_names(name: str) -> list[str]:
     return [f.name for f in fields(REGISTRY[name]) if f.init]
 
 
-def make_policy(name: str, **options: Any) -> Policy:
-    """Build a fresh policy by name; options are its dataclass fields (sinks, recent, window, ...)."""
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse an unregistered name, or options the policy does not have."""
     if name not in REGISTRY:
         raise UnknownPolicyError(f"Unknown policy {name!r}; choose one of: {', '.join(policy_names())}.")
     unknown = sorted(set(options) - set(option_names(name)))
@@ -52,7 +52,43 @@ def make_policy(name: str, **options: Any) -> Policy:
         raise UnknownPolicyError(
             f"{name} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(option_names(name))}."
         )
+
+
+def make_policy(name: str, **options: Any) -> Policy:
+    """Build a fresh policy by name; options are its dataclass fields (sinks, recent, window, ...)."""
+    _check_options(name, options)
     return REGISTRY[name](**options)
 
 
-__all__ = ["REGISTRY", "LayerView", "Policy", "UnknownPolicyError", "make_policy", "option_names", "policy_names"]
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'double-sparsity:channels=16:bits=4' -> ('double-sparsity', {'channels': 16, 'bits': 4}): a method and
+    options, as the evaluation's --policies takes them (numbers become ints or floats, the rest stays text).
+    Unknown names and options are refused here, before any model is loaded."""
+    name, *parts = spec.split(":")
+    options: dict[str, Any] = {}
+    for part in parts:
+        key, sep, text = part.partition("=")
+        if not sep or not key or not text:
+            raise UnknownPolicyError(f"{spec!r}: options are written name:option=value:option=value.")
+        options[key] = _option_value(text)
+    _check_options(name, options)
+    return name, options
+
+
+def _option_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def policy_from_spec(spec: str) -> Policy:
+    """A fresh policy from a spec written as `parse_spec` reads it (a plain name: the method's defaults)."""
+    name, options = parse_spec(spec)
+    return make_policy(name, **options)
+
+
+__all__ = ["REGISTRY", "LayerView", "Policy", "UnknownPolicyError", "make_policy", "option_names", "parse_spec",
+           "policy_from_spec", "policy_names"]
