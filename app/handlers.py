@@ -36,7 +36,7 @@ from app.state import RunRecord, shared_model
 from core import decode, metrics
 from core.budget import Budget, BudgetError
 from core.models import LoadedModel
-from core.policies import make_policy
+from core.policies import Policy, make_policy
 from core.traceviews import head_triangle as triangle_arrays
 from core.traceviews import keep_frequency, step_view
 
@@ -199,35 +199,36 @@ def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
     def generate(prompt: str, method: str, budget_kind: str, ratio: float, tokens: float, max_new_tokens: float,
                  temperature: float, layer: float,
                  progress: gr.Progress = gr.Progress()) -> Iterator[Updates]:  # noqa: B008 (gradio's idiom)
-        """Stream the method's output (traced), then dense for the same prompt (or the dense reference already
-        decoded for it); Inspect follows the newest step."""
+        """Stream the method's output (untraced: the fast path whose speed the stats show), trace its steps
+        again for Inspect (which follows the newest traced step), then dense for the same prompt (or the dense
+        reference already decoded for it)."""
         lm = shared_model()
         layer = _check_range("Layer", layer, 0, lm.spec.num_layers - 1)
         max_new_tokens = _check_range("Max new tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         temperature = _check_number("Temperature", temperature, 0.0, MAX_TEMPERATURE)
         budget = parse_budget(budget_kind, ratio, tokens)
         policy = make_policy(method)
-        config = decode.GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, trace=True)
+        config = decode.GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
         ids = decode.encode_prompt(lm, prompt, chat=True, reserve=config.max_new_tokens)
         record = RunRecord.start(lm, method, budget.label, ids[0].tolist())
         mine = markup.RunSummary(f"{method} @ {budget.label}", state="generating")
         runs = [mine] if method == "dense" else [mine, markup.RunSummary("dense", state="waiting")]
-        stats, figure = Ticker(STATS_EVERY_S), Ticker(LIVE_FIGURE_EVERY_S)
+        stats = Ticker(STATS_EVERY_S)
         text = ""
         shared, prefill_note = _prefilled(lm, ids, config, progress)  # dense for every method: one serves all
         for event in decode.generate(lm, shared, policy, budget, config):
-            record.add_token(lm, event.token_id, event.trace)
+            record.add_token(lm, event.token_id)
             text = event.text
             mine.update(event)
             update: Updates = {out.method_text: text}
-            if event.index == 0:  # handed to gr.State once, then it grows in place: Inspect reads it mid-run
+            if event.index == 0:  # handed to gr.State once, then it grows in place: Inspect reads it mid-trace
                 update[out.record] = record
             if stats.due():
                 update[out.stats] = markup.stats_markdown(runs)
-            if record.steps and figure.due():
-                update |= out.follow(record, layer)
             yield update
         mine.state = "done"
+        yield {out.stats: markup.stats_markdown(runs)}
+        traced = yield from _trace_for_inspect(lm, shared, policy, budget, record, layer, out, progress)
         key = RunKey.of(lm.spec.name, ids[0].tolist(), config)
         if method == "dense":
             dense_text, note = text, "Dense is the reference: pick a sparse method to compare against it."
@@ -242,13 +243,30 @@ def generate_handler(out: RunViews) -> Callable[..., Iterator[Updates]]:
                 runs[-1] = dataclasses.replace(reference.summary, label="dense", state="reused")
                 dense_text, dense_ids, reused = reference.text, reference.ids, " " + reference.reused_note()
             note = markup.difference_note(method, record.generated_ids, dense_ids, lm.tokenizer.decode) + reused
-        note += f"\n\n{prefill_note}"
+        note += f"\n\n{prefill_note}\n\n{traced}"
         frequency = keep_frequency(record.traces, record.prompt_len)
         yield {out.method_text: text, out.dense_text: dense_text, out.stats: markup.stats_markdown(runs, note),
                out.prompt_view: markup.prompt_html(record.tokens[: record.prompt_len], frequency, method),
                out.record: record, **out.follow(record, layer)}
 
     return generate
+
+
+def _trace_for_inspect(lm: LoadedModel, shared: decode.Prefilled, policy: Policy, budget: Budget, record: RunRecord,
+                       layer: int, out: RunViews, progress: gr.Progress) -> Iterator[Updates]:
+    """Decode the run's tokens again with tracing on (`core.decode.trace_replay`), filling `record` for
+    Inspect with a progress bar; its time is kept out of the speeds shown. Returns a note saying so."""
+    steps = max(len(record.generated_ids) - 1, 0)
+    started = time.perf_counter()
+    figure = Ticker(LIVE_FIGURE_EVERY_S)
+    for done, trace in enumerate(decode.trace_replay(lm, shared, policy, budget, record.generated_ids), start=1):
+        record.add_trace(trace)
+        progress(done / steps, desc=f"tracing for Inspect: step {done} of {steps}")
+        if figure.due():
+            yield out.follow(record, layer)
+    seconds = time.perf_counter() - started
+    return (f"Inspect draws a separate traced replay of the same {steps} decode steps ({seconds:.1f} s, "
+            "not counted in the speeds above: tracing reads every head's full attention row).")
 
 
 def _prefilled(lm: LoadedModel, ids: torch.Tensor, config: decode.GenerationConfig,

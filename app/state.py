@@ -61,11 +61,14 @@ class RunRecord:
                    num_heads=spec.num_heads, group=spec.group_size, token_ids=list(prompt_ids),
                    tokens=[lm.tokenizer.decode([t]) for t in prompt_ids])
 
-    def add_token(self, lm: models.LoadedModel, token_id: int, trace: StepTrace | None) -> None:
-        """Append a generated token and its step's trace (dropped once the memory cap is reached)."""
+    def add_token(self, lm: models.LoadedModel, token_id: int) -> None:
+        """Append a generated token."""
         self.token_ids.append(token_id)
         self.tokens.append(lm.tokenizer.decode([token_id]))
-        if trace is None or self.capped:
+
+    def add_trace(self, trace: StepTrace) -> None:
+        """Append the next decode step's trace (dropped once the memory cap is reached)."""
+        if self.capped:
             return
         size = trace_nbytes(trace)
         if self.trace_bytes + size > TRACE_BYTES_CAP:

@@ -1,8 +1,9 @@
 """How fast the page answers on CPU, measured through gradio_client as a visitor sees it.
 
 - first heatmap: submit -> the first streamed update carrying Inspect's heatmap, for a prompt of
-  --prompt-tokens tokens (goal <= 3 s at 512);
-- streaming rate: tokens/s the page streams with tracing on, against plain dense generation
+  --prompt-tokens tokens (goal <= 3 s at 512); the page decodes untraced first and then replays the
+  steps traced for Inspect, so the heatmap comes after the method's whole run;
+- streaming rate: tokens/s the page streams (untraced), against plain dense generation
   (core.decode.generate, no trace, no page) in the same process on the same prompt (goal >= 70%).
 
 Every page run but one gets a prompt of its own (the same length, another stretch of text), so it pays
@@ -107,9 +108,9 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def print_table(rows: dict[str, dict], sparse: str) -> None:
-    labels = {"plain": "plain dense (core, no trace)", "dense": "page, dense, traced, new prompt",
-              sparse: f"page, {sparse}, traced, new prompt",
-              "switch": f"page, {sparse}, traced, after dense on the same prompt (prefill and reference reused)"}
+    labels = {"plain": "plain dense (core, no trace)", "dense": "page, dense, new prompt",
+              sparse: f"page, {sparse}, new prompt",
+              "switch": f"page, {sparse}, after dense on the same prompt (prefill and reference reused)"}
     print("| run | first token s | first heatmap s | tokens/s | share of plain dense |")
     print("|---|---:|---:|---:|---:|")
     for name, row in rows.items():
@@ -134,10 +135,10 @@ def main() -> None:
     print_table(rows, sparse)
     verdict = {
         "first_heatmap_ok": rows[sparse].get("first_heatmap_s", float("inf")) <= GOAL_FIRST_HEATMAP_S,
-        "traced_rate_ok": rows["dense"]["share_of_plain_dense"] >= GOAL_RATE_SHARE,
+        "page_rate_ok": rows["dense"]["share_of_plain_dense"] >= GOAL_RATE_SHARE,
     }
     print(f"\ngoals: first heatmap <= {GOAL_FIRST_HEATMAP_S} s: {verdict['first_heatmap_ok']}; "
-          f"traced streaming >= {GOAL_RATE_SHARE:.0%} of plain dense: {verdict['traced_rate_ok']}")
+          f"page streaming >= {GOAL_RATE_SHARE:.0%} of plain dense: {verdict["page_rate_ok"]}")
     path = write_json("app_latency.json", {
         "settings": {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
                      "budget": "25%", "sparse_method": sparse, "url": args.url or "in-process"},

@@ -3,7 +3,9 @@
 `generate` streams one `StepEvent` per new token (with a per-layer trace on request);
 `forward_teacher` runs a whole sequence in one pass with each row under its own budget;
 `decode_forced` really decodes given tokens (the evaluation's check that both modes agree).
-`decode_tokens` is the one token-by-token loop (generate, decode_forced, the evaluation's tasks).
+`decode_tokens` is the one token-by-token loop (generate, decode_forced, trace_replay, the evaluation's tasks).
+`trace_replay` decodes tokens already generated again with tracing on: the page's Inspect traces, kept apart
+from the untraced run whose speed the page reports.
 """
 
 from __future__ import annotations
@@ -236,6 +238,25 @@ def generate(
         started = time.perf_counter()
         logits = decode_tokens(lm, session, cache, torch.tensor([[token]], device=lm.device))
         decoding += time.perf_counter() - started
+
+
+def trace_replay(
+    lm: LoadedModel, shared: Prefilled, policy: Policy | str, budget: Budget, generated: list[int]
+) -> Iterator[StepTrace]:
+    """The traces of decoding `generated` (the tokens a run wrote after `shared`'s prompt) again with
+    `policy`: one per decode step, step i reading generated token i - 1, as a traced `generate` records
+    them. The steps are the same real decoding (same cache, same selections); tracing only records
+    them, at a cost the untraced run does not pay."""
+    policy = resolve_policy(policy)
+    policy.reset()
+    prompt_len = shared.ids.shape[1]
+    session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
+    cache = fork_cache(shared.cache, prompt_len + len(generated))
+    session.observe_prefill(shared.views)
+    for index, token in enumerate(generated[:-1]):
+        session.trace = StepTrace(position=prompt_len + index)
+        decode_tokens(lm, session, cache, torch.tensor([[token]], device=lm.device))
+        yield session.trace
 
 
 def _eos_ids(lm: LoadedModel) -> list[int]:

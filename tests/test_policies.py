@@ -269,3 +269,23 @@ def test_fused_decoding_equals_the_per_layer_path(tiny_lm, name, budget, fits, m
     assert [e.token_id for e in fast] == [e.token_id for e in traced]
     assert all(torch.equal(a.logits, b.logits) for a, b in zip(fast, traced, strict=True))
     assert fast[-1].sparsity == traced[-1].sparsity
+
+
+@pytest.mark.parametrize("name", ["tokenbutler", "h2o", "dense"])
+def test_a_traced_replay_records_what_a_traced_generation_records(tiny_lm, name):
+    """The page decodes untraced, then replays the same tokens traced for Inspect: the replay's traces are
+    the traced generation's, step for step (a recurrence's state and a scorer's selection alike)."""
+    from core.decode import prefill_prompt, trace_replay
+
+    budget, config = Budget(ratio=0.3), GenerationConfig(max_new_tokens=8, stop_at_eos=False)
+    shared = prefill_prompt(tiny_lm, prompt_ids(40), config)
+    untraced = [e.token_id for e in generate(tiny_lm, shared, build(name, tiny_lm), budget, config)]
+    traced = [e.trace for e in run(tiny_lm, name, budget, steps=8)][1:]
+    replayed = list(trace_replay(tiny_lm, shared, build(name, tiny_lm), budget, untraced))
+    assert len(replayed) == len(traced) == 7
+    for mine, want in zip(replayed, traced, strict=True):
+        assert mine.position == want.position and set(mine.layers) == set(want.layers)
+        for layer, trace in want.layers.items():
+            assert torch.equal(mine.layers[layer].true_probs, trace.true_probs)
+            kept = mine.layers[layer].kept
+            assert (kept is None) == (trace.kept is None) and (kept is None or torch.equal(kept, trace.kept))
