@@ -138,7 +138,7 @@ def main() -> None:
         "page_rate_ok": rows["dense"]["share_of_plain_dense"] >= GOAL_RATE_SHARE,
     }
     print(f"\ngoals: first heatmap <= {GOAL_FIRST_HEATMAP_S} s: {verdict['first_heatmap_ok']}; "
-          f"page streaming >= {GOAL_RATE_SHARE:.0%} of plain dense: {verdict["page_rate_ok"]}")
+          f"page streaming >= {GOAL_RATE_SHARE:.0%} of plain dense: {verdict['page_rate_ok']}")
     path = write_json("app_latency.json", {
         "settings": {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
                      "budget": "25%", "sparse_method": sparse, "url": args.url or "in-process"},
