@@ -15,6 +15,8 @@ assets/results/predictor_ablation.json.
         --out assets/results/predictor_queries_v4.json     # the layer's own query, one producer per layer
     python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-learned b16-rank-learned \
         b8-rank-learned b4-rank-learned --out assets/results/predictor_keys_v4.json   # learned key codes
+    python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-own b16-rank-own-learned \
+        b8-rank-own-learned v4-rank-g1 --out assets/results/predictor_queries_v4.json  # ... with the layer's query
 
 The shipped predictor (assets/predictor), when present, is scored on the same held-out chunks.
 """
@@ -63,7 +65,8 @@ LEARNED = {**V4, "loss": "rank", "keys": "learned"}  # a learned key code (issue
 VARIANTS |= {
     "v4-rank-learned": {**LEARNED, "inner": 104},  # 32 values in 8 bits: 34 bytes a token, layer and KV head
     "v4-rank-own-learned": {**LEARNED, "inner": 104, "query": "own"},
-    **{f"b{size}-rank-learned": {**LEARNED, "dim": dim, "key_bits": 4} for size, dim in ((16, 28), (8, 12), (4, 4))},
+    **{f"b{size}-rank{query}-learned": {**LEARNED, "dim": dim, "key_bits": 4, "query": query.strip("-") or "ahead"}
+       for size, dim in ((16, 28), (8, 12), (4, 4)) for query in ("", "-own")},
 }
 
 
