@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -195,15 +195,8 @@ def train(
     )
     world, rank = accelerator.num_processes, accelerator.process_index
     total_steps = config.total_steps
-    pconf = PredictorConfig.for_spec(
-        lm.spec,
-        dim=config.dim,
-        inner=config.inner,
-        group_layers=config.group_layers,
-        key_bits=config.key_bits,
-        query=config.query,
-        keys=config.keys,
-    )
+    shape = {f.name for f in fields(PredictorConfig)} & {f.name for f in fields(TrainConfig)}  # the predictor's shape
+    pconf = PredictorConfig.for_spec(lm.spec, **{name: getattr(config, name) for name in shape})
     model = Predictor(pconf)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, config.warmup))
