@@ -15,7 +15,8 @@ and a host loop that only counts. The model is reached through the registered at
   which attention masks (-inf). The reads are generate's; only the gather's width is fixed.
 - Positions, lengths, counts and read statistics are device tensors; the statistics are read once, at the end.
 - Selection is tensor-only per method (`Policy.static_codes` / `static_scores`); a method scoring key codes
-  runs the fused numba selection as one opaque custom op (`CodeQuery.select`) or, `fused=False`, plain torch.
+  runs the fused numba selection as one opaque custom op on CPU (`CodeQuery.select`: it reads the step's
+  counts on the host, a free read there) or, `fused=False` and off CPU, plain torch (tested to choose alike).
 - Refused, with a clear error: recurrences (H2O, TOVA, SnapKV: their state follows every past choice) and
   budgets below the protected sinks + recent window at the first step. There is no stop at EOS: stopping
   early needs a host read, so a fixed count of tokens is decoded.
@@ -76,7 +77,8 @@ class StaticDecoder:
         fused: bool = True,
     ) -> None:
         prompt_len = shared.ids.shape[1]
-        self.model, self.policy, self.budget, self.fused = lm.model, policy, budget, fused
+        self.model, self.policy, self.budget = lm.model, policy, budget
+        self.fused = fused and shared.logits.device.type == "cpu"  # elsewhere the op's host read would sync
         self.prompt_len = prompt_len
         self.capacity = min(round_up(prompt_len + max_new_tokens, CAPACITY_BUCKET), lm.spec.max_context)
         self.rows = min(self.capacity, round_up(budget.keep(self.capacity), ROW_BUCKET))
