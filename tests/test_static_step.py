@@ -106,6 +106,14 @@ def test_the_step_compiles_whole_and_decodes_as_eager(tiny_lm, name: str) -> Non
     assert result.layer_reads == eager.layer_reads
 
 
+@pytest.mark.parametrize("name", ["oracle", "knorm", "random"])
+def test_the_other_scorers_run_the_step_as_they_are(tiny_lm, name: str) -> None:
+    """A scorer whose `scores` is tensor-only needs nothing of its own for the static step."""
+    assert decoder(tiny_lm, name).run(NEW).tokens == generated(tiny_lm, name, BUDGET)[0]
+    probe = decoder(tiny_lm, name)
+    assert torch._dynamo.explain(probe.step)(probe.first_token).graph_break_count == 0
+
+
 def test_inductor_compiled_tokenbutler_decodes_as_eager(tiny_lm) -> None:
     """The real compile (inductor's C++), through the producer hooks and the fused selection's custom op."""
     eager = generate_static(tiny_lm, prompt_ids(40), build("tokenbutler", tiny_lm), BUDGET, NEW, compile=False)

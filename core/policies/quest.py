@@ -6,6 +6,7 @@ keys' q.k; the top pages are read. Pages only ever contain keys the row may see 
 page uses the running bounds up to the current token). The first two layers stay dense (as in Quest).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -72,7 +73,8 @@ class QuestPolicy(Policy):
         b, hkv, t, d = key.shape
         pages = -(-t // ps)
 
-        def bounds(fill: float, reduce) -> torch.Tensor:  # the partial page padded with what never wins
+        def bounds(fill: float, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
+            """Per page, `reduce` over its keys, the partial page padded with `fill` (what never wins)."""
             padded = torch.nn.functional.pad(key, (0, 0, 0, pages * ps - t), value=fill)
             return reduce(padded.view(b, hkv, pages, ps, d), dim=3)
 
