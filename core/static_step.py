@@ -33,7 +33,7 @@ import torch
 from transformers import StaticCache
 
 from core.budget import Budget
-from core.decode import GenerationConfig, Prefilled, prefill_prompt, resolve_policy
+from core.decode import GenerationConfig, Prefilled, PromptError, prefill_prompt, resolve_policy
 from core.kernels import dense_decode_attention, sparse_decode_attention
 from core.models import LoadedModel
 from core.policies import Policy
@@ -77,6 +77,10 @@ class StaticDecoder:
         fused: bool = True,
     ) -> None:
         prompt_len = shared.ids.shape[1]
+        if prompt_len + max_new_tokens > lm.spec.max_context:
+            raise PromptError(
+                f"{prompt_len} prompt tokens + {max_new_tokens} new exceed the context of {lm.spec.max_context}."
+            )
         self.model, self.policy, self.budget = lm.model, policy, budget
         self.fused = fused and shared.logits.device.type == "cpu"  # elsewhere the op's host read would sync
         self.prompt_len = prompt_len

@@ -9,7 +9,7 @@ import torch
 from test_policies import build, prompt_ids
 
 from core.budget import Budget
-from core.decode import GenerationConfig, generate, prefill_prompt
+from core.decode import GenerationConfig, PromptError, generate, prefill_prompt
 from core.kernels import sparse_decode_attention
 from core.kernels.select_cpu import CodeQuery
 from core.keycodes import KeyCodes
@@ -135,6 +135,12 @@ def test_what_the_step_cannot_run_is_refused(tiny_lm) -> None:
         decoder(tiny_lm, "h2o")
     with pytest.raises(StaticStepError, match="protected"):
         decoder(tiny_lm, "streaming", Budget(tokens=5))
+
+
+def test_a_prompt_past_the_context_is_refused(tiny_lm) -> None:
+    shared = prefill_prompt(tiny_lm, prompt_ids(40), GenerationConfig(max_new_tokens=NEW))
+    with pytest.raises(PromptError, match="exceed the context"):
+        StaticDecoder(tiny_lm, shared, build("quest", tiny_lm), BUDGET, 250)
 
 
 def test_shapes_are_fixed_per_bucket(tiny_lm) -> None:
