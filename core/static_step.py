@@ -89,7 +89,8 @@ class StaticDecoder:
         _check_supported(policy, budget, prompt_len + 1)
         self.cache = StaticCache(config=lm.model.config, max_cache_len=self.capacity)
         for index, layer in enumerate(shared.cache.layers):  # the prompt's rows, copied: the prefill stays shared
-            self.cache.layers[index].update(layer.keys, layer.values)
+            self.cache.layers[index].update(layer.keys, layer.values)  # each layer writes at its own device count,
+            # which starts at the prompt's length and advances with `position`, a row per step
         device = shared.logits.device
         self.position = torch.tensor([prompt_len], device=device)  # the token being decoded
         self.read = torch.zeros(len(shared.cache.layers), dtype=torch.long, device=device)
