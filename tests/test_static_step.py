@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_llama
-from test_policies import build, prompt_ids
 
 from core.budget import Budget
 from core.decode import GenerationConfig, PromptError, generate, prefill_prompt
@@ -16,6 +14,8 @@ from core.kernels.select_cpu import CodeQuery
 from core.keycodes import KeyCodes
 from core.policies.base import topk_padded, topk_sorted
 from core.static_step import ROW_BUCKET, StaticDecoder, StaticStepError, compiled, generate_static
+from tests.conftest import tiny_llama
+from tests.test_policies import build, prompt_ids
 
 METHODS = ["dense", "tokenbutler", "double-sparsity", "quest", "streaming"]
 NEW = 10
@@ -70,7 +70,7 @@ def test_fused_static_selection_equals_the_torch_path(bits: int, pool: str) -> N
         assert torch.equal(fused, plain), (count, total)
 
 
-def test_padded_rows_are_masked(tiny_lm) -> None:
+def test_padded_rows_are_masked() -> None:
     """Attention over the exact rows equals attention over them padded to a bucket with -1."""
     generator = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(1, 4, 16, generator=generator), *torch.randn(2, 1, 2, 100, 16, generator=generator)
