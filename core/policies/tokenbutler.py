@@ -156,7 +156,7 @@ class TokenButlerPolicy(Policy):
         codes.write(0, self.predictor.pick_keys(view.layer, view.key).reshape(b * hkv, t, config.dim))
         # the slot the producer's hook fills at every step, there from the start: a compiled step sees the same keys
         self.pred_queries.setdefault(
-            view.layer, (view.positions[-1:], view.key.new_zeros(b, view.query.shape[1], 1, config.dim))
+            view.layer, (view.positions[-1], view.key.new_zeros(b, view.query.shape[1], 1, config.dim))
         )
         return codes
 
