@@ -154,7 +154,8 @@ def select_topk(
 
     score = kernels[1] if cache.bits == 4 else kernels[0]
     take = kernels[2]
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     wanted = cache.codes.shape[2] * (2 if cache.bits == 4 else 1)  # padded to whole bytes at 4 bits
     queries = queries.float()
     if queries.shape[-1] < wanted:
@@ -166,6 +167,8 @@ def select_topk(
     cuts = np.partition(scores, m - keep, axis=-1)[:, m - keep]  # numpy's introselect: one call for every row
     out = np.empty((cache.rows, keep), np.int64)
     take(scores, cuts, keep, start, out)
+    if torch.get_num_threads() != threads:  # numba's OpenMP layer resets the process's count: torch's too
+        torch.set_num_threads(threads)
     return torch.from_numpy(out)
 
 
