@@ -92,8 +92,9 @@ def test_eager_static_step_decodes_what_generate_decodes(tiny_lm, name: str, bud
 
 @pytest.mark.parametrize("name", METHODS)
 def test_the_step_compiles_whole_and_decodes_as_eager(tiny_lm, name: str) -> None:
-    """No graph break (a host read such as `.item()` would be one: capture_scalar_outputs is off), and the
-    compiled step (dynamo + AOT autograd's functionalised graph) gives eager's tokens and reads."""
+    """No graph break (a host read such as `.item()` would be one: capture_scalar_outputs is off), one compile
+    for every step, and the compiled step (dynamo + AOT autograd's functionalised graph) gives eager's tokens
+    and reads."""
     assert not torch._dynamo.config.capture_scalar_outputs
     probe = decoder(tiny_lm, name)
     with torch.no_grad(), probe.attached():
@@ -102,7 +103,9 @@ def test_the_step_compiles_whole_and_decodes_as_eager(tiny_lm, name: str) -> Non
     assert explained.graph_count == 1
     eager = decoder(tiny_lm, name).run(NEW)
     compiled_decoder = decoder(tiny_lm, name)
-    result = compiled_decoder.run(NEW, compiled(compiled_decoder, backend="aot_eager"))
+    torch._dynamo.reset()  # then one compile serves every step: the guards hold from step to step
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        result = compiled_decoder.run(NEW, compiled(compiled_decoder, backend="aot_eager"))
     assert result.tokens == eager.tokens
     assert result.layer_reads == eager.layer_reads
 
