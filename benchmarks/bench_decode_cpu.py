@@ -8,7 +8,9 @@ and the rate is taken from the first to the last step. Each row runs `--repeats`
 with the others, and its best run is kept (this shared 2-core machine drifts by 20% within minutes).
 
 Rows: transformers generate (its default DynamicCache, a StaticCache, and a StaticCache with
-torch.compile: the ecosystem's fast path), our dense, and each sparse method at each budget. Per row:
+torch.compile: the ecosystem's fast path), our dense, and each sparse method at each budget; with
+`--static`, the same for our static step compiled whole (`core.static_step`: dense and each scorer; its
+dense counts among the dense rows the ratios are taken against). Per row:
 tokens/s, ratios to the fastest dense of the run (the best of our dense and the three generate rows at
 that context and thread count), to our dense and to generate, the bytes a step reads (weights + K/V
 rows read + the method's side data at its stored precision: TokenButler's key codes, Double Sparsity's
@@ -17,6 +19,7 @@ decode_cpu.png.
 
     python benchmarks/bench_decode_cpu.py                       # 1k,2k,4k,8k x 1,2 threads
     python benchmarks/bench_decode_cpu.py --contexts 1024 --threads 1 --new-tokens 16   # quick look
+    python benchmarks/bench_decode_cpu.py --static              # + the compiled static step's rows
     python benchmarks/bench_decode_cpu.py --print-only          # the tables of the shipped JSON
 """
 
@@ -42,10 +45,12 @@ from core.kernels.select_cpu import backend, warm_up
 from core.models import DEFAULT_MODEL, LoadedModel, load
 from core.palette import color
 from core.policies import make_policy
+from core.static_step import generate_static
 
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "results"
 METHODS = ("tokenbutler", "double-sparsity", "quest", "streaming", "h2o")
-DENSE_LABELS = ("ours: dense", "transformers generate", "transformers generate (static)",
+STATIC = " (static step, compiled)"  # the label's suffix of a `core.static_step` row (--static)
+DENSE_LABELS = ("ours: dense", f"ours: dense{STATIC}", "transformers generate", "transformers generate (static)",
                 "transformers generate (static + compile)")
 
 
@@ -102,8 +107,17 @@ def our_rate(lm: LoadedModel, shared: Prefilled, new: int, name: str, budget: Bu
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), 1 - last.sparsity
 
 
+def static_rate(lm: LoadedModel, shared: Prefilled, new: int, name: str, budget: Budget) -> tuple[float, float]:
+    """Decode tokens/s of the compiled static step (`core.static_step`) from the shared prefill, its first
+    step left out (the compile, or the first call of a graph compiled for the same shapes), and the share of
+    K/V rows read."""
+    result = generate_static(lm, shared, make_policy(name), budget, new, compile=True)
+    return (new - 2) / result.seconds, 1 - result.stats.sparsity
+
+
 def measure_context(
-    lm: LoadedModel, ids: torch.Tensor, new: int, methods: tuple[str, ...], budgets: list[Budget], repeats: int
+    lm: LoadedModel, ids: torch.Tensor, new: int, methods: tuple[str, ...], budgets: list[Budget], repeats: int,
+    static: bool = False,
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """(method, label) -> best (tokens/s, share of K/V rows read) over `repeats` interleaved runs of every row."""
     shared = prefill_prompt(lm, ids, GenerationConfig(max_new_tokens=new))
@@ -117,6 +131,12 @@ def measure_context(
     for name in methods:
         for budget in budgets:
             cells[(name, f"ours: {name} @ {budget.label}")] = partial(our_rate, lm, shared, new, name, budget)
+    if static:  # the scorers only: a recurrence has no static step
+        cells[("dense", f"ours: dense{STATIC}")] = partial(static_rate, lm, shared, new, "dense", Budget.dense())
+        for name in (n for n in methods if make_policy(n).stateless):
+            for budget in budgets:
+                label = f"ours: {name} @ {budget.label}{STATIC}"
+                cells[(name, label)] = partial(static_rate, lm, shared, new, name, budget)
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for _ in range(repeats):  # interleaved, best kept: slow drifts of the machine cancel
         for key, measure in cells.items():
@@ -196,6 +216,8 @@ def main() -> None:
     parser.add_argument("--budgets", default="25%,10%")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per row, best kept")
+    parser.add_argument("--static", action="store_true",
+                        help="add rows of the static step under torch.compile (dense and each scorer; compiles first)")
     parser.add_argument("--out", type=Path, default=RESULTS / "decode_cpu.json")
     parser.add_argument(
         "--keep-other-threads", action="store_true",
@@ -238,7 +260,8 @@ def main() -> None:
         for context in contexts:
             ids = real_text(lm, context)
             hf_rate(lm, ids[:, :64], 4, None)  # warm-up
-            best = measure_context(lm, ids, args.new_tokens, split_csv(args.methods), budgets, args.repeats)
+            best = measure_context(lm, ids, args.new_tokens, split_csv(args.methods), budgets, args.repeats,
+                                   args.static)
             for (method, label), (rate, share) in best.items():
                 add(method, label, context, count, rate, share)
     if args.keep_other_threads and args.out.exists():

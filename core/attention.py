@@ -136,14 +136,20 @@ def policy_attention(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """transformers calls this per layer with post-RoPE query [B,Hq,Q,D] and the cache's key/value [B,Hkv,T,D]."""
+    """transformers calls this per layer with post-RoPE query [B,Hq,Q,D] and the cache's key/value [B,Hkv,T,D].
+
+    A static decode step (`core.static_step`) comes as the forward's `static_step` argument, not as a session:
+    it runs whole under torch.compile, so nothing here may read a context variable or the host."""
+    static = kwargs.pop("static_step", None)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if static is not None:
+        return static.attend(module.layer_idx, query, key, value, scale), None
     session = _ACTIVE.get()
     dense_args = (module, query, key, value, attention_mask, scaling, dropout)
     if session is None:
         return _dense_step(*dense_args, **kwargs), None
     layer = module.layer_idx
     q_len, t = query.shape[2], key.shape[2]
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     view = LayerView(layer, query, key, scale, torch.arange(t - q_len, t, device=key.device))
     if session.capture is not None:
         session.capture[layer] = (query.detach(), key.detach())

@@ -68,6 +68,14 @@ class Budget:
             return max(1, min(past, math.ceil(self.ratio * past - 1e-9)))
         return min(past, self.tokens)
 
+    def keep_on_device(self, past: torch.Tensor) -> torch.Tensor:
+        """`keep` of a device tensor of past lengths, in tensor ops only (the static decode step: no host sync);
+        the same float64 arithmetic as `keep`, so the counts are equal."""
+        if self.ratio is None:
+            return past.clamp(max=self.tokens)
+        wanted = torch.ceil(self.ratio * past.double() - 1e-9).long()
+        return torch.minimum(wanted, past).clamp(min=1)
+
     def row_keeps(self, positions: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """Tokens each query row keeps in one pass over a sequence: prompt rows (the dense prefill) read
         their whole past, later rows their budget, exactly as decoding the same tokens would."""

@@ -59,6 +59,21 @@ class KeyCodes:
         self.codes[rows, start:end], self.scales[rows, start:end] = self._encode(values)
         self.length = max(self.length, end)
 
+    def write_at(self, positions: torch.Tensor, values: torch.Tensor) -> None:
+        """Store [R, n, C] values as tokens `positions` ([n], a device tensor) of every row, within the capacity:
+        the static decode step's write, with no host sync and no growth."""
+        codes, scales = self._encode(values)
+        self.codes.index_copy_(1, positions, codes)
+        self.scales.index_copy_(1, positions, scales)
+
+    @classmethod
+    def over(cls, codes: torch.Tensor, scales: torch.Tensor, bits: int, channels: int) -> KeyCodes:
+        """Buffers held elsewhere, seen as a full KeyCodes (an opaque op receives the static step's as tensors)."""
+        cache = cls.__new__(cls)
+        cache.rows, cache.channels, cache.bits = codes.shape[0], channels, check_bits(bits)
+        cache.codes, cache.scales, cache.length = codes, scales, codes.shape[1]
+        return cache
+
     def _encode(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[r, n, C] values -> (codes as the buffer holds them, scales)."""
         codes, scales = quantize(values.to(self.scales.device), self.bits)

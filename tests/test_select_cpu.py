@@ -59,6 +59,18 @@ def test_ties_at_the_cut_go_to_the_earlier_token(bits: int) -> None:
         assert torch.equal(got, want)
 
 
+def test_the_kernel_leaves_torch_threads_alone() -> None:
+    """numba's OpenMP layer sets the process's thread count when it launches: one thread stays one thread."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        cache, _ = filled(4, 100, 16, 8)
+        select_topk(cache, torch.randn(4, 3, 16), 0.25, 9, 4, 96, 100)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_torch_fallback_runs_when_the_kernel_cannot_build(monkeypatch: pytest.MonkeyPatch) -> None:
     cache, _ = filled(4, 100, 16, 8)
     queries = torch.randn(4, 3, 16)

@@ -39,19 +39,21 @@ def sparse_decode_attention(
     indices: torch.Tensor,
     scale: float,
     lengths: torch.Tensor | None = None,
+    padded: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention over each KV head's selected rows.
 
     q: [B, Hq, D]; k_cache, v_cache: [B, Hkv, T, D]; indices: int64 [B, Hkv, K], selected positions per KV
     head (ascending; -1 = padding, ignored). Query head h reads KV head h // (Hq // Hkv) (transformers'
     repeat_kv convention). lengths: optional int [B]; positions >= lengths[b] are never read. Every row needs
-    at least one valid index. Returns [B, Hq, D] in q's dtype; softmax in fp32.
+    at least one valid index. Returns [B, Hq, D] in q's dtype; softmax in fp32. `padded`: whether `indices`
+    may hold -1 (None: look, a host sync off Triton; the static decode step says True).
     """
     if _on_triton(q):
         from core.kernels import sparse_attention
 
         return sparse_attention.sparse_decode_attention(q, k_cache, v_cache, indices, scale, lengths)
-    return reference.sparse_decode_attention(q, k_cache, v_cache, indices, scale, lengths)
+    return reference.sparse_decode_attention(q, k_cache, v_cache, indices, scale, lengths, padded)
 
 
 def backend_name(kind: Literal["sparse", "dense"] = "sparse") -> str:

@@ -74,12 +74,16 @@ def _flat_index(positions: torch.Tensor, per_head: int) -> torch.Tensor:
 
 
 def gather_kv(
-    k_cache: torch.Tensor, v_cache: torch.Tensor, indices: torch.Tensor, lengths: torch.Tensor | None = None
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    indices: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    padded: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Rows `indices` [B, Hkv, K] of each KV head -> keys, values [B, Hkv, K, D] and an additive fp32 mask
     [B, Hkv, K] that is -inf for padding (-1) and, given `lengths`, for positions >= lengths[b] (None when
-    there is neither)."""
-    padded = bool((indices < 0).any())
+    there is neither). `padded` None looks for padding (a host sync); the static decode step says True."""
+    padded = bool((indices < 0).any()) if padded is None else padded
     safe = indices.clamp(min=0) if padded else indices
     (k_rows, k_per), (v_rows, v_per) = _row_layout(k_cache), _row_layout(v_cache)
     if k_rows is not None and v_rows is not None and k_per == v_per:  # one index for both (a decode step)
@@ -100,7 +104,8 @@ def sparse_decode_attention(
     indices: torch.Tensor,
     scale: float,
     lengths: torch.Tensor | None = None,
+    padded: bool | None = None,
 ) -> torch.Tensor:
     """Decode attention of each GQA group over its KV head's selected rows (see core.kernels)."""
-    keys, values, mask = gather_kv(k_cache, v_cache, indices, lengths)
+    keys, values, mask = gather_kv(k_cache, v_cache, indices, lengths, padded)
     return attend(q, keys, values, scale, mask)

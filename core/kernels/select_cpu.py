@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,20 +32,27 @@ POOLS = ("max", "softmax-mean")
 log = logging.getLogger(__name__)
 
 
+def pooled_scores(
+    cache: KeyCodes, queries: torch.Tensor, multiplier: float, upto: int, total: int | torch.Tensor, pool: str = "max"
+) -> torch.Tensor:
+    """Plain torch: [R, H, C] queries against the first `upto` stored tokens -> [R, upto] pooled scores, the
+    softmax pool normalised over tokens [0, total) (`total` may be a device tensor: the static step's length)."""
+    values = cache.values(upto)  # [R, upto, C]
+    logits = torch.matmul(queries.float(), values.transpose(-1, -2)) * multiplier  # [R, H, upto]
+    if pool == "max":
+        return logits.amax(dim=1)
+    if pool == "softmax-mean":
+        beyond = torch.arange(upto, device=logits.device) >= total
+        return torch.softmax(logits.masked_fill(beyond, float("-inf")), dim=-1).mean(dim=1)
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}.")
+
+
 def select_reference(
     cache: KeyCodes, queries: torch.Tensor, multiplier: float, keep: int, start: int, stop: int, total: int,
     pool: str = "max",
 ) -> torch.Tensor:
     """Plain torch: [R, H, C] fp32 queries -> [R, keep] ascending token indices in [start, stop)."""
-    values = cache.values(total)  # [R, total, C]
-    logits = torch.matmul(queries.float(), values.transpose(-1, -2)) * multiplier  # [R, H, total]
-    if pool == "max":
-        pooled = logits.amax(dim=1)
-    elif pool == "softmax-mean":
-        pooled = torch.softmax(logits, dim=-1).mean(dim=1)
-    else:
-        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}.")
-    span = pooled[:, start:stop]
+    span = pooled_scores(cache, queries, multiplier, total, total, pool)[:, start:stop]
     return span.argsort(dim=-1, descending=True, stable=True)[:, :keep].sort(dim=-1).values + start
 
 
@@ -146,7 +154,8 @@ def select_topk(
 
     score = kernels[1] if cache.bits == 4 else kernels[0]
     take = kernels[2]
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     wanted = cache.codes.shape[2] * (2 if cache.bits == 4 else 1)  # padded to whole bytes at 4 bits
     queries = queries.float()
     if queries.shape[-1] < wanted:
@@ -158,6 +167,8 @@ def select_topk(
     cuts = np.partition(scores, m - keep, axis=-1)[:, m - keep]  # numpy's introselect: one call for every row
     out = np.empty((cache.rows, keep), np.int64)
     take(scores, cuts, keep, start, out)
+    if torch.get_num_threads() != threads:  # numba's OpenMP layer resets the process's count: torch's too
+        torch.set_num_threads(threads)
     return torch.from_numpy(out)
 
 
@@ -171,3 +182,47 @@ def warm_up() -> str:
         for pool in POOLS:
             select_topk(cache, queries, 1.0, 4, 2, 14, 16, pool)
     return backend()
+
+
+@torch.library.custom_op("tokenbutler_studio::select_padded", mutates_args=())
+def _select_padded(
+    codes: torch.Tensor, scales: torch.Tensor, queries: torch.Tensor, multiplier: float, bits: int,
+    count: torch.Tensor, start: int, stop: torch.Tensor, total: torch.Tensor, width: int, pool: str,
+) -> torch.Tensor:
+    """`select_topk` for the static decode step, an opaque op to torch.compile: the device-side `count`,
+    `stop` and `total` are read here, outside the traced graph (on CPU a read, not a device sync)."""
+    keep, stop_at, total_at = int(count), int(stop), int(total)
+    out = torch.full((codes.shape[0], width), -1, dtype=torch.long)
+    if keep > 0:
+        cache = KeyCodes.over(codes, scales, bits, queries.shape[-1])
+        out[:, :keep] = select_topk(cache, queries, multiplier, keep, start, stop_at, total_at, pool)
+    return out.to(codes.device)
+
+
+@_select_padded.register_fake
+def _(codes, scales, queries, multiplier, bits, count, start, stop, total, width, pool) -> torch.Tensor:
+    return codes.new_empty((codes.shape[0], width), dtype=torch.long)
+
+
+@dataclass
+class CodeQuery:
+    """One static decode step's scoring of stored codes: `queries` [R, H, C] against the R rows of `cache`
+    (its whole capacity), scaled by `multiplier` and pooled over the H heads."""
+
+    cache: KeyCodes
+    queries: torch.Tensor
+    multiplier: float
+    pool: str
+
+    def scores(self, total: torch.Tensor) -> torch.Tensor:
+        """[R, capacity] pooled scores in plain torch (the softmax over the `total` live tokens)."""
+        return pooled_scores(self.cache, self.queries, self.multiplier, self.cache.codes.shape[1], total, self.pool)
+
+    def select(
+        self, count: torch.Tensor, start: int, stop: torch.Tensor, total: torch.Tensor, width: int
+    ) -> torch.Tensor:
+        """The fused selection: [R, width] indices, the best `count` (a device tensor, <= width) in [start, stop)
+        ascending and -1 after them; what `select_topk` chooses (numba, or its torch fallback)."""
+        cache = self.cache
+        return _select_padded(cache.codes, cache.scales, self.queries.float(), self.multiplier, cache.bits, count,
+                              start, stop, total, width, self.pool)

@@ -15,12 +15,15 @@ Which kind a policy is follows from what it implements (`stateless`), never from
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from core.spec import FIRST_SPARSE_LAYER
+
+if TYPE_CHECKING:
+    from core.kernels.select_cpu import CodeQuery
 
 SINKS = 4  # the one protection rule of every scorer: the first tokens ...
 RECENT = 4  # ... and the newest ones, counted in the budget (docs/methods.md)
@@ -103,6 +106,26 @@ def topk_sorted(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return scores.argsort(dim=-1, descending=True, stable=True)[..., :keep].sort(dim=-1).values
 
 
+def topk_padded(scores: torch.Tensor, start: int, stop: torch.Tensor, count: torch.Tensor, width: int) -> torch.Tensor:
+    """[..., C] scores -> [..., width]: the best `count` tokens in [start, stop), ascending, then -1 padding,
+    in tensor ops only (`stop`, `count` device tensors, `count` <= width <= C: the static decode step).
+
+    The same choice as `topk_sorted` (ties to the earlier token): the cut is the count-th best value, every
+    token above it is kept and the earliest of those at it fill the rest; a second top-k over the kept
+    tokens' reversed positions puts them in cache order."""
+    cols = torch.arange(scores.shape[-1], device=scores.device)
+    candidate = (cols >= start) & (cols < stop)
+    masked = scores.masked_fill(~candidate, float("-inf"))
+    best = masked.topk(width, dim=-1).values  # descending
+    cut = best.gather(-1, (count - 1).clamp(min=0).expand(*best.shape[:-1], 1))
+    above = masked > cut
+    at = (masked == cut) & candidate
+    wanted = count - above.sum(-1, keepdim=True)
+    chosen = (above | (at & (at.cumsum(-1) <= wanted))) & (count > 0)
+    order = torch.where(chosen, scores.shape[-1] - cols, 0).topk(width, dim=-1).values
+    return torch.where(order > 0, scores.shape[-1] - order, -1)
+
+
 def ascending_positions(chosen: torch.Tensor, count: int) -> torch.Tensor:
     """[..., T] bool with `count` True per row -> [..., count] their positions, ascending (numpy's
     flat nonzero on CPU: ~5x torch's there)."""
@@ -182,6 +205,23 @@ class Policy:
         """Scorer, optional: a decode step's [B, Hkv, keep] rows by a faster route that must choose what
         `scores` would (TokenButler batches a producer group); None means use `scores`."""
         return None
+
+    def static_prefill(self, view: LayerView, capacity: int) -> Any:
+        """Static decode step: the buffers this layer's selection reads (a summary of every cached key), filled
+        from the dense prefill `view` with room for `capacity` tokens; None (the default) when it keeps none."""
+        return None
+
+    def static_codes(self, state: Any, view: LayerView) -> CodeQuery | None:
+        """Static decode step of a method scoring stored key codes: the codes (the step's new key written in at
+        the device-side `view.positions`) and the queries meeting them, for one fused selection; None (the
+        default): the step ranks `static_scores`."""
+        return None
+
+    def static_scores(self, state: Any, view: LayerView) -> torch.Tensor:
+        """Static decode step: [B, Hkv, C] pooled scores of every row of the fixed-capacity cache `view.key` for
+        its one query row, in tensor ops only (rows past `view.positions` are never candidates). By default
+        the pooled `scores`, which a scorer computing them from `view` alone gives without a host sync."""
+        return pool_group(self.scores(view).float(), view.group, self.pool)[:, :, -1, :]
 
     def prefill(self, view: LayerView, keep: int) -> Any:
         """Recurrence: the state after the dense prefill `view` (all prompt rows), `keep` tokens to keep after it."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError, load_weights, read_config, save_network
-from core.kernels.select_cpu import select_topk
+from core.kernels.select_cpu import CodeQuery, select_topk
 from core.keycodes import KeyCodes
 from core.keysummary import check_bits, stored, values_per_token
 from core.policies.base import LayerView, Policy
@@ -115,27 +115,27 @@ class DoubleSparsityPolicy(Policy):
         """The label cache, read whole at every step: `channels` codes (and a scale below 16 bits) per past token."""
         return float(past.sum()) * values_per_token(min(self.channels, head_dim), self.bits) / (2 * head_dim)
 
-    def _chosen(self, layer: int, channels: int, device: torch.device) -> torch.Tensor:
-        """[Hkv, r] the layer's calibrated channels on `device`, looked up once per layer."""
-        key = (layer, channels, device)
+    def _chosen(self, view: LayerView) -> torch.Tensor:
+        """[Hkv, r] the view's layer's calibrated channels on its device, looked up once per layer."""
+        channels = min(self.channels, view.query.shape[-1])
+        key = (view.layer, channels, view.key.device)
         if key not in self.channel_index:
-            self.channel_index[key] = self.ranking.chosen(layer, channels).to(device)
+            self.channel_index[key] = self.ranking.chosen(view.layer, channels).to(view.key.device)
         return self.channel_index[key]
 
     def _label_cache(self, view: LayerView, chosen: torch.Tensor) -> torch.Tensor:
         """[B, Hkv, T, r] the chosen channels of every key as stored: a decode step reads the layer's stored
         label codes back (`_stored_labels`), any other pass gathers afresh."""
-        if not _is_decode_step(view):
-            keys = view.key.float()
-            return stored(torch.gather(keys, -1, chosen[None, :, None, :].expand(*keys.shape[:3], -1)), self.bits)
         b, hkv, t, _ = view.key.shape
+        if not _is_decode_step(view):
+            return stored(label_rows(view.key, chosen), self.bits).view(b, hkv, t, -1)
         return self._stored_labels(view, chosen).values(t).view(b, hkv, t, -1)
 
     def scores(self, view: LayerView) -> torch.Tensor:
         """Softmax of the approximate logits q[channels] . k[channels] (the true scale), per query head."""
         b, hq, q, d = view.query.shape
         hkv = view.key.shape[1]
-        chosen = self._chosen(view.layer, min(self.channels, d), view.key.device)  # [Hkv, r]
+        chosen = self._chosen(view)  # [Hkv, r]
         labels = self._label_cache(view, chosen)
         grouped = view.query.float().reshape(b, hkv, (hq // hkv) * q, d)
         index = chosen[None, :, None, :].expand(b, hkv, grouped.shape[2], -1)
@@ -149,9 +149,7 @@ class DoubleSparsityPolicy(Policy):
         b, hkv, t, _ = view.key.shape
 
         def labels(start: int, stop: int) -> torch.Tensor:
-            keys = view.key[:, :, start:stop].float()
-            picked = torch.gather(keys, -1, chosen[None, :, None, :].expand(*keys.shape[:3], -1))
-            return picked.reshape(b * hkv, stop - start, -1)
+            return label_rows(view.key[:, :, start:stop], chosen)
 
         codes = self.codes.get(view.layer)
         n = 0 if codes is None else codes.length
@@ -167,18 +165,43 @@ class DoubleSparsityPolicy(Policy):
         each head's softmax of the approximate logits, averaged over its group, as `scores` pools them."""
         if not _is_decode_step(view):
             return None
-        b, hq, _, d = view.query.shape
-        hkv, t = view.key.shape[1], view.context
-        chosen = self._chosen(view.layer, min(self.channels, d), view.key.device)  # [Hkv, r]
-        codes = self._stored_labels(view, chosen)
-        grouped = view.query.float().reshape(b, hkv, hq // hkv, d)
-        picked = torch.gather(grouped, -1, chosen[None, :, None, :].expand(b, -1, hq // hkv, -1))
-        rows = picked.reshape(b * hkv, hq // hkv, -1)
+        b, hkv, t = view.key.shape[0], view.key.shape[1], view.context
+        query = self._code_query(self._stored_labels(view, self._chosen(view)), view)
 
         def best(start: int, stop: int, count: int) -> torch.Tensor:
-            return select_topk(codes, rows, view.scale, count, start, stop, t, "softmax-mean").view(b, hkv, count)
+            chosen = select_topk(query.cache, query.queries, query.multiplier, count, start, stop, t, query.pool)
+            return chosen.view(b, hkv, count)
 
         return choose_newest(self, t, keep, best, (b, hkv), view.key.device)
+
+    def static_prefill(self, view: LayerView, capacity: int) -> KeyCodes:
+        """The prompt's labels stored in a label cache of `capacity` tokens."""
+        b, hkv = view.key.shape[:2]
+        chosen = self._chosen(view)
+        codes = KeyCodes(b * hkv, chosen.shape[-1], self.bits, capacity, view.key.device)
+        codes.write(0, label_rows(view.key, chosen))
+        return codes
+
+    def static_codes(self, state: KeyCodes, view: LayerView) -> CodeQuery:
+        """The new key's label written at its device-side position; the query's chosen channels meet the cache."""
+        state.write_at(view.positions, label_rows(view.key.index_select(2, view.positions), self._chosen(view)))
+        return self._code_query(state, view)
+
+    def _code_query(self, codes: KeyCodes, view: LayerView) -> CodeQuery:
+        """The newest query row's chosen channels [B * Hkv, group, r] against the label codes, softmax-mean pooled."""
+        b, hq, _, d = view.query.shape
+        hkv = view.key.shape[1]
+        chosen = self._chosen(view)  # [Hkv, r]
+        grouped = view.query[:, :, -1, :].float().reshape(b, hkv, hq // hkv, d)
+        picked = torch.gather(grouped, -1, chosen[None, :, None, :].expand(b, -1, hq // hkv, -1))
+        return CodeQuery(codes, picked.reshape(b * hkv, hq // hkv, -1), view.scale, "softmax-mean")
+
+
+def label_rows(key: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """[B, Hkv, n, D] keys -> [B * Hkv, n, r] their `chosen` ([Hkv, r]) channels, the label cache's rows."""
+    b, hkv, n, _ = key.shape
+    picked = torch.gather(key.float(), -1, chosen[None, :, None, :].expand(b, hkv, n, -1))
+    return picked.reshape(b * hkv, n, -1)
 
 
 def _is_decode_step(view: LayerView) -> bool:

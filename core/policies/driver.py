@@ -18,7 +18,15 @@ from typing import Any
 import torch
 
 from core.budget import Budget
-from core.policies.base import LayerView, Policy, ascending_positions, descending_ranks, pool_group, topk_sorted
+from core.policies.base import (
+    LayerView,
+    Policy,
+    ascending_positions,
+    descending_ranks,
+    pool_group,
+    topk_padded,
+    topk_sorted,
+)
 
 
 @dataclass
@@ -81,6 +89,34 @@ def choose_newest(
         parts.append(best(sinks, first_recent, rest))
     parts.append(torch.arange(first_recent, t, device=device).expand(*shape, -1))
     return torch.cat(parts, dim=-1)
+
+
+def static_indices(
+    policy: Policy, state: Any, view: LayerView, keep: torch.Tensor, rows: int, fused: bool = True
+) -> torch.Tensor:
+    """The static decode step's choice, in tensor ops only: [B, Hkv, rows] indices into the fixed-capacity
+    cache `view.key` for the one query row at the device-side position `view.positions` ([1]).
+
+    The layout of `choose_newest` with fixed widths: the sinks, then `rows - sinks - recent` slots for the best
+    `keep - sinks - recent` other tokens (ascending, -1 padding after them), then the recent window, which
+    holds the current token; the caller guarantees `keep >= sinks + recent`, so protection always fits. A
+    method scoring stored codes picks by the fused selection (`fused`) or by its plain-torch scores."""
+    b, hkv = view.key.shape[:2]
+    recent = max(policy.recent, 1)
+    length = view.positions + 1
+    first_recent = length - recent
+    width, count = rows - policy.sinks - recent, keep - policy.sinks - recent
+    query = policy.static_codes(state, view)
+    if query is None:
+        best = topk_padded(policy.static_scores(state, view), policy.sinks, first_recent, count, width)
+    elif fused:
+        best = query.select(count, policy.sinks, first_recent, length, width).view(b, hkv, width)
+    else:
+        best = topk_padded(query.scores(length), policy.sinks, first_recent, count, width).view(b, hkv, width)
+    device = view.key.device
+    sinks = torch.arange(policy.sinks, device=device).expand(b, hkv, -1)
+    window = (first_recent + torch.arange(recent, device=device)).expand(b, hkv, -1)
+    return torch.cat([sinks, best, window], dim=-1)
 
 
 def prefill_state(policy: Policy, view: LayerView, budget: Budget) -> Any:

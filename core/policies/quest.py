@@ -6,11 +6,12 @@ keys' q.k; the top pages are read. Pages only ever contain keys the row may see 
 page uses the running bounds up to the current token). The first two layers stay dense (as in Quest).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from core.policies.base import LayerView, Policy
+from core.policies.base import LayerView, Policy, pool_group
 
 
 def page_bounds(query: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,35 @@ class QuestPolicy(Policy):
         if view.positions.numel() == 1 and int(view.positions[0]) == t - 1:
             return self._decode_scores(view)
         return self._row_scores(view)
+
+    def static_prefill(self, view: LayerView, capacity: int) -> PageCache:
+        """Bounds of every page of a `capacity`-token cache (zero past the prompt), the prompt's partial page
+        holding its keys' running bounds, as `_decode_scores` would see them."""
+        key, ps = view.key.float(), self.page_size
+        b, hkv, t, d = key.shape
+        pages = -(-t // ps)
+
+        def bounds(fill: float, reduce: Callable[..., torch.Tensor]) -> torch.Tensor:
+            """Per page, `reduce` over its keys, the partial page padded with `fill` (what never wins)."""
+            padded = torch.nn.functional.pad(key, (0, 0, 0, pages * ps - t), value=fill)
+            return reduce(padded.view(b, hkv, pages, ps, d), dim=3)
+
+        cache = PageCache(*(key.new_zeros(b, hkv, -(-capacity // ps), d) for _ in range(2)))
+        cache.kmin[:, :, :pages] = bounds(torch.inf, torch.amin)
+        cache.kmax[:, :, :pages] = bounds(-torch.inf, torch.amax)
+        return cache
+
+    def static_scores(self, state: PageCache, view: LayerView) -> torch.Tensor:
+        """The new key joins its page's bounds (a page's first key starts them), then every token of the
+        capacity gets its page's bound, pooled over the group."""
+        position, ps = view.positions, self.page_size
+        page = torch.div(position, ps, rounding_mode="floor")
+        new = view.key.index_select(2, position).float()  # [B, Hkv, 1, D]
+        fresh = (position % ps == 0).view(1, 1, 1, 1)
+        state.kmin.index_copy_(2, page, torch.where(fresh, new, torch.minimum(state.kmin.index_select(2, page), new)))
+        state.kmax.index_copy_(2, page, torch.where(fresh, new, torch.maximum(state.kmax.index_select(2, page), new)))
+        bounds = page_bounds(view.query.float(), state.kmin, state.kmax).repeat_interleave(ps, dim=-1)
+        return pool_group(bounds[..., : view.context], view.group, self.pool)[:, :, -1, :]
 
     def _decode_scores(self, view: LayerView) -> torch.Tensor:
         """One decode row: cached bounds of the complete pages before the current one, running bounds of it."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import CONFIG_FILE, PredictorMismatchError
-from core.kernels.select_cpu import select_topk
+from core.kernels.select_cpu import CodeQuery, select_topk
 from core.keycodes import KeyCodes
 from core.keysummary import values_per_token
 from core.policies.base import LayerView, Policy
@@ -39,7 +39,8 @@ class TokenButlerPolicy(Policy):
     sinks: int = 4
     recent: int = 4
     predictor: Predictor | str | Path | None = None  # None: the shipped predictor; a path: one trained there
-    pred_queries: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
+    # layer -> (position of the queries' first row, a device tensor; queries [B, Hq, T, dim]), set by the hooks
+    pred_queries: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
     key_cache: dict[int, GroupKeys] = field(default_factory=dict, init=False, repr=False)  # per producer
     ahead: dict[int, tuple[int, int, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
     _checked: set[int] = field(default_factory=set, init=False, repr=False)
@@ -103,7 +104,8 @@ class TokenButlerPolicy(Policy):
             def hook(module, args, kwargs):
                 hidden = kwargs["hidden_states"]
                 cos, sin = kwargs["position_embeddings"]
-                start = int(kwargs["position_ids"][0, 0]) if kwargs.get("position_ids") is not None else 0
+                position_ids = kwargs.get("position_ids")  # a device tensor, never read on the host here
+                start = position_ids[0, 0] if position_ids is not None else torch.zeros((), dtype=torch.long)
                 with torch.no_grad():
                     for layer, q in self.predictor.queries(producer, hidden, cos, sin).items():
                         self.pred_queries[layer] = (start, q)
@@ -139,7 +141,8 @@ class TokenButlerPolicy(Policy):
             return cached[2]
         layers = [layer + i for i in range(group.size - slot)]
         ready = slot == 0 and all(group.lengths[i] == t - 1 for i in range(group.size))
-        if not ready or any(self.pred_queries.get(lay, (None,))[0] != t - 1 for lay in layers):
+        fresh = [lay in self.pred_queries and int(self.pred_queries[lay][0]) == t - 1 for lay in layers]
+        if not ready or not all(fresh):
             return None
         newest = view.query[:, :, -1:, :]
         queries = torch.stack(  # [G, B, Hq, dim]
@@ -162,6 +165,27 @@ class TokenButlerPolicy(Policy):
             self.ahead[lay] = (t, keep, indices[i])
         group.append(slot, self.predictor, layer, view.key)
         return indices[0]
+
+    def static_prefill(self, view: LayerView, capacity: int) -> KeyCodes:
+        """The layer's calibrated key channels of the prompt, stored in a code cache of `capacity` tokens."""
+        b, hkv, t, _ = view.key.shape
+        config = self.predictor.config
+        codes = KeyCodes(b * hkv, config.dim, config.key_bits, capacity, view.key.device)
+        codes.write(0, self.predictor.pick_keys(view.layer, view.key).reshape(b * hkv, t, config.dim))
+        # the slot the producer's hook fills at every step, there from the start: a compiled step sees the same keys
+        self.pred_queries.setdefault(
+            view.layer, (view.positions[-1], view.key.new_zeros(b, view.query.shape[1], 1, config.dim))
+        )
+        return codes
+
+    def static_codes(self, state: KeyCodes, view: LayerView) -> CodeQuery:
+        """The new key's channels written at its device-side position; the producer hook's queries meet them."""
+        b, hq, _, _ = view.query.shape
+        hkv, dim = view.key.shape[1], self.predictor.config.dim
+        new = self.predictor.pick_keys(view.layer, view.key.index_select(2, view.positions))
+        state.write_at(view.positions, new.reshape(b * hkv, 1, dim))
+        queries = self.pred_queries[view.layer][1][:, :, -1, :]  # [B, Hq, dim], this step's (its hook ran first)
+        return CodeQuery(state, queries.reshape(b * hkv, hq // hkv, dim), dim**-0.5, "max")
 
 
 class GroupKeys:
