@@ -56,6 +56,8 @@ CASES: dict[str, dict] = {
     "dense-bf16-gqa4-lengths-3splits": dict(kind="dense", dtype="bfloat16", b=3, hq=8, hkv=2, t=150, d=32,
                                             lengths=True, splits=3),
     "dense-fp32-gqa3-whole-cache": dict(kind="dense", dtype="float32", b=2, hq=6, hkv=2, t=70, d=16),
+    "dense-fp16-gqa4-shared-expanded-length": dict(kind="dense", dtype="float16", b=3, hq=8, hkv=2, t=90, d=16,
+                                                  lengths="shared"),
     "full-fp32-gqa4-equals-dense": dict(kind="full", dtype="float32", b=2, hq=12, hkv=3, t=100, d=32),
     "full-bf16-gqa3-lengths-equals-dense": dict(
         kind="full", dtype="bfloat16", b=2, hq=6, hkv=2, t=72, d=32, lengths=True
@@ -68,8 +70,9 @@ CASES: dict[str, dict] = {
 
 
 def make_inputs(spec: dict, seed: int = 0, device: str = "cpu") -> dict[str, torch.Tensor | None]:
-    """Random q/k/v, optional lengths in [T/2, T] (int64, or int32 if spec["lengths"] == "int32"), and sorted
-    indices with per-head ragged budgets (or spec["count"] each, then -1 padding: the static step's layout).
+    """Random q/k/v, optional lengths in [T/2, T] (int64; int32 if spec["lengths"] == "int32"; "shared": one
+    length expanded over the batch), and sorted indices with per-head ragged budgets (or spec["count"] each,
+    then -1 padding: the static step's layout).
 
     Indices are drawn over the whole cache, so some fall beyond a request's length (must be ignored);
     position 0 is always selected so every row has a valid index.
@@ -81,6 +84,8 @@ def make_inputs(spec: dict, seed: int = 0, device: str = "cpu") -> dict[str, tor
     if spec.get("lengths"):
         lengths_dtype = torch.int32 if spec["lengths"] == "int32" else torch.int64
         lengths = torch.randint(t // 2, t + 1, (b,), generator=gen).to(lengths_dtype)
+        if spec["lengths"] == "shared":  # one length expanded over the batch (stride 0): the static step's
+            lengths = lengths[:1].expand(b)
     k = spec.get("k", t)
     indices = torch.full((b, hkv, k), -1, dtype=torch.long)
     for i in range(b):

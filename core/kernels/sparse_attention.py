@@ -184,7 +184,8 @@ def _split_k(
     out = torch.empty(b, hq, d, device=q.device, dtype=q.dtype)
     idx_arg = k_cache if indices is None else indices  # never read without indices
     idx_strides = (0, 0) if indices is None else (indices.stride(0), indices.stride(1))
-    len_arg = lengths if lengths is not None else idx_arg  # never read without lengths
+    # read at len_ptr + b: one per row, so an expanded length (the static step's) is laid out first
+    len_arg = lengths.contiguous() if lengths is not None else idx_arg  # never read without lengths
     block_d = triton.next_power_of_2(d)
     _sparse_decode_stage1[(b * hkv, splits)](
         q, k_cache, v_cache, idx_arg, len_arg, mid_o, mid_lse,
