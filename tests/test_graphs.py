@@ -1,12 +1,21 @@
 """CUDA-graph capture of the static decode step (core.graphs), on CPU: the bucket a prompt maps to, one
 capture per bucket, replays on in-place reloaded buffers decoding what fresh eager steps decode, the step
-free of what a capture refuses, the refusal off CUDA, and the CUDA recording order with a fake torch.cuda."""
+free of what a capture refuses, the refusal off CUDA, the CUDA recording order with a fake torch.cuda, and
+the captured dense baseline on the Triton split-K kernel (interpreted, in a subprocess: Triton reads
+TRITON_INTERPRET when a kernel is decorated) decoding what the reference decodes."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import TinyTokenizer
+from conftest import TinyTokenizer, tiny_llama
 from test_policies import build, prompt_ids
 
 from core import graphs
@@ -181,3 +190,26 @@ def test_cuda_graph_warms_up_on_a_side_stream_then_captures_once(monkeypatch) ->
         "side waits main", "enter side", *["step on side"] * graphs.WARMUP, "exit side", "main waits side",
         "enter capture", "step on capture", "exit capture", "replay",
     ]
+
+
+def triton_dense_tokens() -> dict[str, list[int]]:
+    """Tokens of the dense static step on the torch reference, and captured (CPU twin) on the Triton kernel."""
+    lm = tiny_llama()
+    prompt = shared(lm, 40)
+    reference = StaticDecoder(lm, prompt, build("dense", lm), Budget.dense(), NEW).run(NEW).tokens
+    pool = StepGraphs(lm, build("dense", lm), Budget.dense(), record=eager_replay, dense_backend="triton")
+    return {"reference": reference, "triton-captured": pool.generate(prompt, NEW).tokens}
+
+
+@pytest.mark.skipif(find_spec("triton") is None, reason="triton is not installed")
+def test_the_captured_triton_dense_baseline_decodes_what_the_reference_does() -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
+    proc = subprocess.run([sys.executable, __file__], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tokens = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tokens["triton-captured"] == tokens["reference"]
+
+
+if __name__ == "__main__":
+    print(json.dumps(triton_dense_tokens()))
