@@ -28,23 +28,25 @@ records its error and the others go on):
 the JSON says dry_run), which tests/test_gpu_script.py runs.
 
 The embedded GGUF (98 MB) needs two calls of the device tool, each carrying one part (a call carries the
-working tree and its carried paths, at most 64 MiB together). The tracked tree is ~72 MiB, so first park
-what this script does not read (nothing is committed; move it back after):
+session's checkout, which must have this script, and its carried paths: at most 64 MiB together). The
+tracked tree is ~72 MiB, so first park what this script does not read (nothing is committed; move it back
+after); from the checkout's root:
 
-    mkdir -p /tmp/parked && mv assets/training assets/eval_cache assets/shadow assets/shadow_combined \\
-        assets/shadow_cache /tmp/parked/                                        # tree now ~11 MB
-    grep -qx '/.gguf/' .git/info/exclude || echo /.gguf/ >> "$(git rev-parse --git-common-dir)/info/exclude"
+    mkdir -p /tmp/parked && mv assets/training assets/eval_cache assets/shadow assets/shadow_combined \
+        assets/shadow_cache /tmp/parked/                                        # the tree is now ~9 MB
+    x="$(git rev-parse --git-common-dir)/info/exclude"; grep -qx '/.gguf/' "$x" || echo /.gguf/ >> "$x"
     g=$(python -c "from core.models import embedded_model_path as e; f, n = e(); print(f / n)")
-    mkdir -p .gguf/1 .gguf/2 && split -n 2 -d "$g" .gguf/part. && mv .gguf/part.00 .gguf/1/ \\
+    mkdir -p .gguf/1 .gguf/2 && split -n 2 -d "$g" .gguf/part. && mv .gguf/part.00 .gguf/1/ \
         && mv .gguf/part.01 .gguf/2/                                            # two parts of ~47 MiB
     sha256sum "$g" | awk '{print $1 "  /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"}' > .gguf/2/SHA256
 
 Call 1, carry [".gguf/1"]:  mkdir -p /tmp/gguf && cp .gguf/1/part.00 /tmp/gguf/
 Call 2 at once (the machine stays warm ~30 s; /tmp stays on it), carry [".gguf/2"], timeout_s 560:
-    cat /tmp/gguf/part.00 .gguf/2/part.01 > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \\
-    && sha256sum -c .gguf/2/SHA256 && PYTHONUNBUFFERED=1 python3 benchmarks/gpu_issue31.py \\
+    cat /tmp/gguf/part.00 .gguf/2/part.01 > /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf \
+    && sha256sum -c .gguf/2/SHA256 && PYTHONUNBUFFERED=1 python3 benchmarks/gpu_issue31.py \
     --gguf /tmp/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --out $OUT/gpu_issue31.json
-Then here: mv /tmp/parked/* assets/ (and rm -r .gguf).
+Then here: mv /tmp/parked/* assets/ (and rm -r .gguf). Peak GPU memory is about 50 GB (the random 8B at
+128k: weights 16 GB, the prompt's K/V 17 GB and one decoder's copy 17 GB), so an H100 will do.
 
     python benchmarks/gpu_issue31.py --dry-run --out /tmp/gpu_issue31.json     # CPU, tiny shapes
 """
