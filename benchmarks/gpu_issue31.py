@@ -17,8 +17,9 @@ records its error and the others go on):
    back-to-back replays. The prompt's K/V rows are random rows written straight into the cache: a real
    prefill of 128k tokens costs minutes and 32 GB of captured queries that the step's speed does not
    depend on. At 32k batch 1 also: the same dense step eager (no graph, no sync: the best eager can do),
-   sync-like calls and launches per captured step (torch.profiler over replays; profile_gpu_step.SYNCS),
-   and where an eager TokenButler step's GPU time goes (attention, top-k, the rest).
+   sync-like calls and launches per captured step (torch.profiler over replays; profile_gpu_step.SYNCS).
+   In every case, where an eager TokenButler step's GPU time goes (attention, top-k and sorts, the rest):
+   whether scoring + top-k show up enough to fuse.
 3. model: the real SmolLM2-135M-Instruct (the embedded GGUF, or --gguf) on CUDA through
    `core.decode.generate` with the shipped predictor (dense, and tokenbutler at 25%): greedy tokens
    against CPU's on one prompt (first divergence, and CUDA fp32's tokens to tell bf16's part), tokens/s
@@ -373,9 +374,9 @@ def step_case(lm: LoadedModel, case: Case, plan: Plan) -> dict:
     sparse = captured_step(lm, shared, "tokenbutler", plan.rows, new)
     row["tokenbutler_ms"] = time_captured(sparse, shared, new, device, plan.steps)
     row["speedup"] = row["dense_best_ms"] / row["tokenbutler_ms"]
+    row["tokenbutler_gpu_split"] = gpu_time_split(sparse, shared, new, device)  # does selection show up?
     if case.name == EAGER_CASE:
         row["tokenbutler_calls"] = count_calls(sparse, shared, new, device, plan.steps)
-        row["tokenbutler_gpu_split"] = gpu_time_split(sparse, shared, new, device)
     return row
 
 
@@ -482,14 +483,17 @@ def measured_goals(result: dict) -> list[dict]:
 
 def print_table(result: dict) -> None:
     steps = result.get("steps", {}).get("rows", [])
-    print("\n| case | dense (fastest, captured) | tokenbutler (captured) | speedup | goal |")
-    print("|---|---|---|---|---|")
+    print("\n| case | dense (fastest, captured) | tokenbutler (captured) | speedup | goal "
+          "| eager tokenbutler GPU ms: attention / top-k, sort / rest |")
+    print("|---|---|---|---|---|---|")
     for r in steps:
         if "speedup" in r:
+            split = r["tokenbutler_gpu_split"]
             print(f"| {r['case']} | {r['dense_best_ms']:.3f} ms ({r['dense_backend']}) | {r['tokenbutler_ms']:.3f} ms "
-                  f"| {r['speedup']:.2f}x | {r['goal_speedup']}x |")
+                  f"| {r['speedup']:.2f}x | {r['goal_speedup']}x | {split['attention_ms']:.3f} / "
+                  f"{split['topk_sort_ms']:.3f} / {split['rest_ms']:.3f} |")
         else:
-            print(f"| {r['case']} | {r.get('error')} | | | |")
+            print(f"| {r['case']} | {r.get('error')} | | | | |")
     kernel = result.get("kernels", {}).get("rows", [])
     if kernel:
         print("\n| kernel | option | us / layer | GB/s | share of copy bandwidth |\n|---|---|---|---|---|")
