@@ -14,6 +14,8 @@ and a host loop that only counts. The model is reached through the registered at
   (`core.policies.driver.static_indices`: sinks, best, recent window), and fills the other slots with -1,
   which attention masks (-inf). The reads are generate's; only the gather's width is fixed.
 - Positions, lengths, counts and read statistics are device tensors; the statistics are read once, at the end.
+  `StaticDecoder.load` puts another prompt of the bucket into the same buffers, in place, so a step captured
+  as a CUDA graph (`core.graphs`) replays on it.
 - Selection is tensor-only per method (`Policy.static_codes` / `static_scores`); a method scoring key codes
   runs the fused numba selection as one opaque custom op on CPU (`CodeQuery.select`: it reads the step's
   counts on the host, a free read there) or, `fused=False` and off CPU, plain torch (tested to choose alike).
