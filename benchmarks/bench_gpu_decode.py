@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 from core import kernels  # noqa: E402
 from core.budget import Budget  # noqa: E402
 from core.decode import GenerationConfig, generate  # noqa: E402
+from core.graphs import cuda_graph  # noqa: E402
 from core.kernels import dense  # noqa: E402
 from core.models import DEFAULT_MODEL, LoadedModel, from_model, load  # noqa: E402
 from core.policies import Policy, make_policy  # noqa: E402
@@ -88,20 +89,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def as_graph(fn: Callable[[], object]) -> Callable[[], None]:
-    """Capture fn in a CUDA graph (after a warm-up on a side stream, which also compiles Triton kernels)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def make_timer(device: torch.device, iters: int, eager: bool) -> Timer:
     """time_us(fn): median microseconds of one call. CUDA: events, L2 flushed, graph replay unless eager;
     elsewhere perf_counter around each call (the CPU dry run)."""
@@ -120,7 +107,7 @@ def make_timer(device: torch.device, iters: int, eager: bool) -> Timer:
     flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)  # several times an H100/H200's 50-60 MB L2
 
     def time_cuda(fn: Callable[[], object]) -> float:
-        run = fn if eager else as_graph(fn)
+        run = fn if eager else cuda_graph(fn)
         for _ in range(3):
             run()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]

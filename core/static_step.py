@@ -14,6 +14,8 @@ and a host loop that only counts. The model is reached through the registered at
   (`core.policies.driver.static_indices`: sinks, best, recent window), and fills the other slots with -1,
   which attention masks (-inf). The reads are generate's; only the gather's width is fixed.
 - Positions, lengths, counts and read statistics are device tensors; the statistics are read once, at the end.
+  `StaticDecoder.load` puts another prompt of the bucket into the same buffers, in place, so a step captured
+  as a CUDA graph (`core.graphs`) replays on it.
 - Selection is tensor-only per method (`Policy.static_codes` / `static_scores`); a method scoring key codes
   runs the fused numba selection as one opaque custom op on CPU (`CodeQuery.select`: it reads the step's
   counts on the host, a free read there) or, `fused=False` and off CPU, plain torch (tested to choose alike).
@@ -28,6 +30,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import StaticCache
@@ -53,6 +56,11 @@ def round_up(count: int, bucket: int) -> int:
     return -(-count // bucket) * bucket
 
 
+def capacity_for(prompt_len: int, max_new_tokens: int, max_context: int) -> int:
+    """The cache's capacity, the context-length bucket: one compiled or captured step serves each."""
+    return min(round_up(prompt_len + max_new_tokens, CAPACITY_BUCKET), max_context)
+
+
 @dataclass
 class StaticResult:
     """A static decode's tokens and reads (read from the device once, at the end)."""
@@ -75,6 +83,7 @@ class StaticDecoder:
         budget: Budget,
         max_new_tokens: int,
         fused: bool = True,
+        dense_backend: str | None = None,
     ) -> None:
         prompt_len = shared.ids.shape[1]
         if prompt_len + max_new_tokens > lm.spec.max_context:
@@ -83,8 +92,9 @@ class StaticDecoder:
             )
         self.model, self.policy, self.budget = lm.model, policy, budget
         self.fused = fused and shared.logits.device.type == "cpu"  # elsewhere the op's host read would sync
+        self.dense_backend = dense_backend  # None: core.kernels.dense's choice (a benchmark times each)
         self.prompt_len = prompt_len
-        self.capacity = min(round_up(prompt_len + max_new_tokens, CAPACITY_BUCKET), lm.spec.max_context)
+        self.capacity = capacity_for(prompt_len, max_new_tokens, lm.spec.max_context)
         self.rows = min(self.capacity, round_up(budget.keep(self.capacity), ROW_BUCKET))
         _check_supported(policy, budget, prompt_len + 1)
         self.cache = StaticCache(config=lm.model.config, max_cache_len=self.capacity)
@@ -100,7 +110,29 @@ class StaticDecoder:
             for layer, view in shared.views.items()
             if policy.is_sparse_layer(layer)
         }
-        self.first_token = shared.logits.argmax(dim=-1, keepdim=True)  # [1, 1]
+        self.first_token = shared.logits.argmax(dim=-1, keepdim=True)  # [B, 1]
+
+    def load(self, shared: Prefilled, max_new_tokens: int) -> None:
+        """Start over from another prompt of this bucket, in place: every device buffer (cache rows, position,
+        counters, the policy's states) keeps its address, so a step captured as a CUDA graph replays on it."""
+        batch, prompt_len = shared.ids.shape
+        held = self.cache.layers[0].keys.shape[0]
+        if prompt_len + max_new_tokens > self.capacity or batch != held:
+            raise StaticStepError(
+                f"{batch} x {prompt_len} prompt tokens + {max_new_tokens} new do not fit this decoder's bucket "
+                f"({held} x {self.capacity} tokens): build a decoder for their bucket."
+            )
+        _check_supported(self.policy, self.budget, prompt_len + 1)
+        self.cache.reset()  # in place: rows zeroed, each layer's device-side write position back to 0
+        for mine, theirs in zip(self.cache.layers, shared.cache.layers, strict=True):
+            mine.update(theirs.keys, theirs.values)  # the prompt's rows; the write position moves to its end
+        self.prompt_len = prompt_len
+        self.position.fill_(prompt_len)
+        self.read.zero_()
+        self.total.zero_()
+        for layer, state in self.states.items():
+            copy_into(state, self.policy.static_prefill(shared.views[layer], self.capacity))
+        self.first_token = shared.logits.argmax(dim=-1, keepdim=True)
 
     def attend(
         self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
@@ -116,7 +148,7 @@ class StaticDecoder:
             out = sparse_decode_attention(query[:, :, 0, :], key, value, indices, scale, padded=True)
         else:
             read = length
-            out = dense_decode_attention(query[:, :, 0, :], key, value, scale, length.expand(b))
+            out = dense_decode_attention(query[:, :, 0, :], key, value, scale, length.expand(b), self.dense_backend)
         self.read[layer : layer + 1] += read * b * hkv
         self.total[layer : layer + 1] += length * b * hkv
         return out[:, None]
@@ -176,6 +208,21 @@ class StaticDecoder:
             past = torch.arange(self.prompt_len + 1, self.prompt_len + 1 + steps).expand(b, hkv, -1)
             stats.side = sparse * self.policy.side_reads(past, self.budget.keep_on_device(past), head_dim)
         return stats
+
+
+def copy_into(state: Any, fresh: Any) -> None:
+    """Copy a policy's freshly prefilled static state into the one a step holds, tensor by tensor, in place
+    (None, a tensor, or an object whose tensor attributes are its buffers; other attributes are set)."""
+    if state is None:
+        return
+    if isinstance(state, torch.Tensor):
+        state.copy_(fresh)
+        return
+    for name, value in vars(fresh).items():
+        if isinstance(value, torch.Tensor):
+            getattr(state, name).copy_(value)
+        else:
+            setattr(state, name, value)
 
 
 def _check_supported(policy: Policy, budget: Budget, first_length: int) -> None:

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 SCORE_TOL = 1e-5
 
-# name -> shape and options; kind: sparse (vs reference sparse), full (budget == context, vs dense),
+# name -> shape and options; kind: sparse (vs reference sparse), full (budget == context, vs dense), dense
+# (the split-K kernel over the live rows, vs reference dense),
 # score (vs reference scores), step (score + top-k + attention, vs the reference pipeline).
 CASES: dict[str, dict] = {
     "sparse-fp16-gqa4-ragged": dict(kind="sparse", dtype="float16", b=2, hq=8, hkv=2, t=96, d=32, k=40),
@@ -46,6 +47,17 @@ CASES: dict[str, dict] = {
     "sparse-fp32-gqa4-lengths-1split": dict(
         kind="sparse", dtype="float32", b=3, hq=8, hkv=2, t=70, d=16, k=30, lengths=True, splits=1
     ),
+    "sparse-bf16-gqa4-static-padding-multitile-2splits": dict(  # split 0: 4 tiles, split 1: 3, nearly all -1
+        kind="sparse", dtype="bfloat16", b=2, hq=8, hkv=2, t=300, d=32, k=200, count=37, splits=2
+    ),
+    "sparse-fp32-gqa4-one-valid-row-4splits": dict(  # chunks of 64, 64, 64 and 8 rows; three only padding
+        kind="sparse", dtype="float32", b=1, hq=4, hkv=1, t=64, d=16, k=200, count=1, splits=4
+    ),
+    "dense-bf16-gqa4-lengths-3splits": dict(kind="dense", dtype="bfloat16", b=3, hq=8, hkv=2, t=150, d=32,
+                                            lengths=True, splits=3),
+    "dense-fp32-gqa3-whole-cache": dict(kind="dense", dtype="float32", b=2, hq=6, hkv=2, t=70, d=16),
+    "dense-fp16-gqa4-shared-expanded-length": dict(kind="dense", dtype="float16", b=3, hq=8, hkv=2, t=90, d=16,
+                                                  lengths="shared"),
     "full-fp32-gqa4-equals-dense": dict(kind="full", dtype="float32", b=2, hq=12, hkv=3, t=100, d=32),
     "full-bf16-gqa3-lengths-equals-dense": dict(
         kind="full", dtype="bfloat16", b=2, hq=6, hkv=2, t=72, d=32, lengths=True
@@ -58,8 +70,9 @@ CASES: dict[str, dict] = {
 
 
 def make_inputs(spec: dict, seed: int = 0, device: str = "cpu") -> dict[str, torch.Tensor | None]:
-    """Random q/k/v, optional lengths in [T/2, T] (int64, or int32 if spec["lengths"] == "int32"), and sorted
-    indices with per-head ragged budgets.
+    """Random q/k/v, optional lengths in [T/2, T] (int64; int32 if spec["lengths"] == "int32"; "shared": one
+    length expanded over the batch), and sorted indices with per-head ragged budgets (or spec["count"] each,
+    then -1 padding: the static step's layout).
 
     Indices are drawn over the whole cache, so some fall beyond a request's length (must be ignored);
     position 0 is always selected so every row has a valid index.
@@ -71,13 +84,15 @@ def make_inputs(spec: dict, seed: int = 0, device: str = "cpu") -> dict[str, tor
     if spec.get("lengths"):
         lengths_dtype = torch.int32 if spec["lengths"] == "int32" else torch.int64
         lengths = torch.randint(t // 2, t + 1, (b,), generator=gen).to(lengths_dtype)
+        if spec["lengths"] == "shared":  # one length expanded over the batch (stride 0): the static step's
+            lengths = lengths[:1].expand(b)
     k = spec.get("k", t)
     indices = torch.full((b, hkv, k), -1, dtype=torch.long)
     for i in range(b):
         for h in range(hkv):
-            n = int(torch.randint(1, k + 1, (1,), generator=gen))
-            rest = torch.randperm(t - 1, generator=gen)[: n - 1] + 1
-            indices[i, h, :n] = torch.cat([torch.zeros(1, dtype=torch.long), rest]).sort().values
+            n = spec.get("count") or int(torch.randint(1, k + 1, (1,), generator=gen))
+            rest = torch.randperm(t - 1, generator=gen)[: min(n, t) - 1] + 1
+            indices[i, h, : len(rest) + 1] = torch.cat([torch.zeros(1, dtype=torch.long), rest]).sort().values
     made = {
         "q": torch.randn(b, hq, d, generator=gen).to(dtype),
         "k": torch.randn(b, hkv, t, d, generator=gen).to(dtype),
@@ -183,8 +198,13 @@ def test_dense_sdpa_fallback_matches_naive(monkeypatch):
 def test_dense_backend_choice(monkeypatch):
     monkeypatch.setattr(dense, "flash_attn_with_kvcache", object())
     assert dense.dense_backend("cuda", torch.bfloat16) == "flash-attn"
+    assert dense.dense_backend("cuda", torch.bfloat16, masked=True) == "flash-attn"
     assert dense.dense_backend("cuda", torch.float32) == "sdpa"
     assert dense.dense_backend("cpu") == "torch-reference"
+    assert dense.available_backends("cuda") == ["flash-attn", "triton", "sdpa"]
+    monkeypatch.setattr(dense, "flash_attn_with_kvcache", None)
+    assert dense.dense_backend("cuda", torch.bfloat16, masked=True) == "triton"  # SDPA with a mask: no split-K
+    assert dense.available_backends("cpu") == ["torch-reference"]
     if not torch.cuda.is_available():
         assert kernels.backend_name() == "torch-reference"
         assert kernels.backend_name("dense") == "torch-reference"
@@ -274,6 +294,12 @@ def check_case(spec: dict, device: str = "cpu") -> float:
     tol = TOL[dtype]
     scale = spec["d"] ** -0.5
     q, k, v, lengths = x["q"], x["k"], x["v"], x["lengths"]
+    if spec["kind"] == "dense":
+        got = sparse_attention.dense_decode_attention(q, k, v, scale, lengths, spec.get("splits"))
+        want = reference.dense_decode_attention(q, k, v, scale, lengths)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        return (got.float() - want.float()).abs().max().item()
     if spec["kind"] in ("sparse", "full"):
         indices = x["indices"] if spec["kind"] == "sparse" else all_positions(spec["b"], spec["hkv"], spec["t"], device)
         got = sparse_attention.sparse_decode_attention(q, k, v, indices, scale, lengths, spec.get("splits"))

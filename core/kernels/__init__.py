@@ -9,13 +9,12 @@ docs/kernels.md.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Literal
 
 import torch
 
 from core.kernels import reference
-from core.kernels.dense import dense_backend, dense_decode_attention
+from core.kernels.dense import HAS_TRITON, dense_backend, dense_decode_attention
 from core.kernels.reference import gather_kv
 
 __all__ = [
@@ -24,8 +23,6 @@ __all__ = [
     "gather_kv",
     "sparse_decode_attention",
 ]
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def _on_triton(tensor: torch.Tensor) -> bool:

@@ -3,11 +3,16 @@
 On CUDA, flash-attn's `flash_attn_with_kvcache` reads our [B, Hkv, T, D] cache through a transposed view
 (it only needs the head dim contiguous), handles GQA natively and takes `lengths` as `cache_seqlens`.
 Without it, torch SDPA with `enable_gqa` and the flash backend tried first; SDPA's flash backend takes no
-mask, so `lengths` pushes SDPA onto another backend. Off CUDA the plain-torch reference runs (one SDPA
-per GQA group, reading the cache in place), the same math as the CPU sparse path over gathered rows.
+mask, so `lengths` pushes SDPA onto a backend that does not split the keys at decode (one program per
+head: 32 of 132 SMs for an 8B model at batch 1); there the Triton split-K kernel over the live rows
+(`core.kernels.sparse_attention.dense_decode_attention`, "triton") runs instead, as the captured static
+step needs (a device-side length, a fixed grid). Off CUDA the plain-torch reference runs (one SDPA per GQA
+group, reading the cache in place), the same math as the CPU sparse path over gathered rows.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from core.kernels import reference
 
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 try:
     from flash_attn import flash_attn_with_kvcache
 except ImportError:
@@ -28,13 +34,26 @@ SDPA_PRIORITY = [
 ]
 
 
-def dense_backend(device_type: str, dtype: torch.dtype = torch.bfloat16) -> str:
-    """Which implementation `dense_decode_attention` uses for tensors of this device type and dtype."""
+DENSE_BACKENDS = ("flash-attn", "triton", "sdpa", "torch-reference")
+
+
+def dense_backend(device_type: str, dtype: torch.dtype = torch.bfloat16, masked: bool = False) -> str:
+    """Which implementation `dense_decode_attention` uses for tensors of this device type and dtype, with
+    (`masked`) or without lengths."""
     if device_type != "cuda":
         return "torch-reference"
     if flash_attn_with_kvcache is not None and dtype in (torch.float16, torch.bfloat16):
         return "flash-attn"
-    return "sdpa"
+    return "triton" if masked and HAS_TRITON else "sdpa"
+
+
+def available_backends(device_type: str, dtype: torch.dtype = torch.bfloat16) -> list[str]:
+    """Every backend that can run here (a benchmark times them all and compares against the fastest)."""
+    if device_type != "cuda":
+        return ["torch-reference"]
+    usable = {"flash-attn": flash_attn_with_kvcache is not None and dtype in (torch.float16, torch.bfloat16),
+              "triton": HAS_TRITON, "sdpa": True, "torch-reference": False}
+    return [name for name in DENSE_BACKENDS if usable[name]]
 
 
 def sdpa_decode_attention(
@@ -63,12 +82,22 @@ def _flash_attn_decode(
 
 
 def dense_decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float, lengths: torch.Tensor | None = None
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    scale: float,
+    lengths: torch.Tensor | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """q [B, Hq, D] over every cached position of k/v [B, Hkv, T, D] (< lengths[b] if given) -> [B, Hq, D]."""
-    backend = dense_backend(q.device.type, q.dtype)
+    """q [B, Hq, D] over every cached position of k/v [B, Hkv, T, D] (< lengths[b] if given) -> [B, Hq, D];
+    `backend` (one of `available_backends`) overrides the choice of `dense_backend`."""
+    backend = backend or dense_backend(q.device.type, q.dtype, masked=lengths is not None)
     if backend == "flash-attn":
         return _flash_attn_decode(q, k_cache, v_cache, scale, lengths)
+    if backend == "triton":
+        from core.kernels import sparse_attention
+
+        return sparse_attention.dense_decode_attention(q, k_cache, v_cache, scale, lengths)
     if backend == "sdpa":
         return sdpa_decode_attention(q, k_cache, v_cache, scale, lengths)
     return reference.dense_decode_attention(q, k_cache, v_cache, scale, lengths)
