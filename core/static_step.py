@@ -105,6 +105,8 @@ class StaticDecoder:
         self.position = torch.tensor([prompt_len], device=device)  # the token being decoded
         self.read = torch.zeros(len(shared.cache.layers), dtype=torch.long, device=device)
         self.total = torch.zeros_like(self.read)
+        for handle in policy.attach(self.model):  # binds the policy to the model (a predictor's fit, its RoPE
+            handle.remove()  # tables) before its state is built; the hooks go on again while decoding
         self.states = {
             layer: policy.static_prefill(view, self.capacity)
             for layer, view in shared.views.items()

@@ -153,3 +153,33 @@ def test_shapes_are_fixed_per_bucket(tiny_lm) -> None:
     step = decoder(tiny_lm, "quest")
     assert (step.capacity, step.rows) == (256, 128)
     assert step.cache.layers[0].keys.shape[2] == 256
+
+
+@pytest.mark.parametrize(("query", "keys"), [("own", "pairs"), ("ahead", "learned"), ("own", "learned")])
+def test_own_queries_and_learned_key_codes_run_the_step(tiny_lm, query: str, keys: str) -> None:
+    """The predictor's other query source and key code: the static step decodes generate's tokens, unbroken."""
+    from core.predictor import Predictor, PredictorConfig
+
+    def predictor() -> Predictor:
+        torch.manual_seed(2)
+        made = Predictor(PredictorConfig.for_spec(tiny_lm.spec, dim=8, inner=16, group_layers=2, query=query,
+                                                  keys=keys))
+        with torch.no_grad():  # trained weights, not the initial ones (which pick the calibrated pairs)
+            for producer in made.producers.values():
+                producer.down.weight.normal_(std=0.3)
+            if keys == "learned":
+                made.key_projection.add_(0.3 * torch.randn_like(made.key_projection))
+        return made
+
+    config = GenerationConfig(max_new_tokens=NEW, stop_at_eos=False)
+    events = list(generate(tiny_lm, prompt_ids(40), build("tokenbutler", tiny_lm, predictor=predictor()), BUDGET,
+                           config))
+    policy = build("tokenbutler", tiny_lm, predictor=predictor())
+    policy.reset()
+    shared = prefill_prompt(tiny_lm, prompt_ids(40), GenerationConfig(max_new_tokens=NEW))
+    probe = StaticDecoder(tiny_lm, shared, policy, BUDGET, NEW)
+    assert probe.run(NEW).tokens == [e.token_id for e in events]
+    policy.reset()
+    probe = StaticDecoder(tiny_lm, shared, policy, BUDGET, NEW)
+    with torch.no_grad(), probe.attached():
+        assert torch._dynamo.explain(probe.step)(probe.first_token).graph_break_count == 0

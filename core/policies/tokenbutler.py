@@ -171,7 +171,8 @@ class TokenButlerPolicy(Policy):
         b, hkv, t, _ = view.key.shape
         config = self.predictor.config
         codes = KeyCodes(b * hkv, config.dim, config.key_bits, capacity, view.key.device)
-        codes.write(0, self.predictor.pick_keys(view.layer, view.key).reshape(b * hkv, t, config.dim))
+        rope = self._rope(0, t, view.key) if self.predictor.learned_keys else None
+        codes.write(0, self.predictor.pick_keys(view.layer, view.key, rope).reshape(b * hkv, t, config.dim))
         # the slot the producer's hook fills at every step, there from the start: a compiled step sees the same keys
         self.pred_queries.setdefault(
             view.layer, (view.positions[-1], view.key.new_zeros(b, view.query.shape[1], 1, config.dim))
@@ -182,9 +183,11 @@ class TokenButlerPolicy(Policy):
         """The new key's channels written at its device-side position; the producer hook's queries meet them."""
         b, hq, _, _ = view.query.shape
         hkv, dim = view.key.shape[1], self.predictor.config.dim
-        new = self.predictor.pick_keys(view.layer, view.key.index_select(2, view.positions))
+        rope = self._rotary(view.key, view.positions[None]) if self.predictor.learned_keys else None
+        new = self.predictor.pick_keys(view.layer, view.key.index_select(2, view.positions), rope)
         state.write_at(view.positions, new.reshape(b * hkv, 1, dim))
-        queries = self.pred_queries[view.layer][1][:, :, -1, :]  # [B, Hq, dim], this step's (its hook ran first)
+        predicted = self.pred_queries[view.layer][1][:, :, -1:, :]  # this step's (its hook ran first)
+        queries = self.predictor.layer_queries(view.layer, predicted, view.query[:, :, -1:, :])[:, :, 0]
         return CodeQuery(state, queries.reshape(b * hkv, hq // hkv, dim), dim**-0.5, "max")
 
 
