@@ -178,6 +178,17 @@ def prefill_prompt(
     return Prefilled(ids, logits, cache, views, time.perf_counter() - start)
 
 
+def from_prefill(
+    shared: Prefilled, policy: Policy, budget: Budget, mode: str, rows: int
+) -> tuple[SparseSession, Cache]:
+    """A session that has seen `shared`'s dense prefill and a copy of its cache with room for `rows` more rows:
+    where every run from a shared prefill starts (generate, trace_replay, forward_teacher_after)."""
+    prompt_len = shared.ids.shape[1]
+    session = SparseSession(policy=policy, budget=budget, mode=mode, prompt_len=prompt_len)
+    session.observe_prefill(shared.views)
+    return session, fork_cache(shared.cache, prompt_len + rows)
+
+
 def generate(
     lm: LoadedModel,
     prompt: str | torch.Tensor | Prefilled,
@@ -195,9 +206,7 @@ def generate(
     if isinstance(prompt, Prefilled):
         ids = prompt_tensor(lm, prompt.ids, config)
         prompt_len = ids.shape[1]
-        session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
-        cache = fork_cache(prompt.cache, prompt_len + config.max_new_tokens)
-        session.observe_prefill(prompt.views)
+        session, cache = from_prefill(prompt, policy, budget, "decode", config.max_new_tokens)
         logits = prompt.logits
     else:
         ids = prompt_tensor(lm, prompt, config)
@@ -250,9 +259,7 @@ def trace_replay(
     policy = resolve_policy(policy)
     policy.reset()
     prompt_len = shared.ids.shape[1]
-    session = SparseSession(policy=policy, budget=budget, mode="decode", prompt_len=prompt_len)
-    cache = fork_cache(shared.cache, prompt_len + len(generated))
-    session.observe_prefill(shared.views)
+    session, cache = from_prefill(shared, policy, budget, "decode", len(generated))
     for index, token in enumerate(generated[:-1]):
         session.trace = StepTrace(position=prompt_len + index)
         decode_tokens(lm, session, cache, torch.tensor([[token]], device=lm.device))
@@ -294,10 +301,7 @@ def forward_teacher_after(
     which is dense for every method and budget and so is run once for all of them."""
     policy = resolve_policy(policy)
     policy.reset()
-    prompt_len = shared.ids.shape[1]
-    session = SparseSession(policy=policy, budget=budget, mode="teacher", prompt_len=prompt_len)
-    session.observe_prefill(shared.views)
-    cache = fork_cache(shared.cache, prompt_len + tail.shape[-1])
+    session, cache = from_prefill(shared, policy, budget, "teacher", tail.shape[-1])
     with torch.inference_mode(), activate(session, lm.model):
         logits = lm.model(input_ids=tail.view(1, -1).to(lm.device), past_key_values=cache, use_cache=True).logits
     return logits, session.stats
