@@ -17,6 +17,8 @@ assets/results/predictor_ablation.json.
         b8-rank-learned b4-rank-learned --out assets/results/predictor_keys_v4.json   # learned key codes
     python benchmarks/compare_predictor_losses.py --steps 150 --variants v4-rank-own b16-rank-own-learned \
         b8-rank-own-learned v4-rank-g1 --out assets/results/predictor_queries_v4.json  # ... with the layer's query
+    python benchmarks/compare_predictor_losses.py --variants --references 32x4 16x8 --predictors \
+        assets/training/predictor-v5 --out assets/results/predictor_v5_progress.json  # a long run's checkpoint
 
 The shipped predictor (assets/predictor), when present, is scored on the same held-out chunks.
 """
@@ -135,6 +137,8 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="score runs/ablation-<variant> without training")
     parser.add_argument("--references", nargs="*", default=[], metavar="CHANNELSxBITS",
                         help="Double Sparsity rows on the same chunks, e.g. 32x8 16x4 (the shipped calibration)")
+    parser.add_argument("--predictors", nargs="*", type=Path, default=[], metavar="FOLDER",
+                        help="trained predictors scored on the same chunks, e.g. a run's checkpoint in training")
     args = parser.parse_args()
     lm = load(args.model)
     train_chunks = token_chunks(lm.tokenizer, "train", args.seq_len, seed=0, order="in-order")
@@ -164,11 +168,10 @@ def main() -> None:
         results[f"ds-{reference}"] = {**scores, "parameter_share": 0.0, "summary_bytes": summary_bytes(channels, bits),
                                       "cache_share": values_per_token(channels, bits) * lm.spec.num_kv_heads
                                       * (lm.spec.num_layers - FIRST_SPARSE_LAYER) / lm.spec.kv_values_per_token}
+    for folder in args.predictors:
+        results[folder.name] = scored(lm, Predictor.load(folder, lm.spec), held)
     if (DEFAULT_DIR / CONFIG_FILE).is_file():  # the shipped predictor, scored on the same held-out chunks
-        shipped = Predictor.load(DEFAULT_DIR, lm.spec)
-        results["shipped"] = {**heldout_scores(lm, shipped, held),
-                              "summary_bytes": summary_bytes(shipped.config.dim, shipped.config.key_bits),
-                              **shipped.overheads(lm.spec, lm.parameter_count)}
+        results["shipped"] = scored(lm, Predictor.load(DEFAULT_DIR, lm.spec), held)
     trained = f"{args.steps} steps of {args.seq_len} tokens each; " if args.variants else ""
     print(f"\n{trained}held-out: {args.heldout} chunks of {args.seq_len} tokens\n")
     print("| variant | hit acc (last row) | hit acc (64 rows) | held-out KL | recall@5% | recall@10% | recall@25% "
@@ -182,6 +185,13 @@ def main() -> None:
             f"{r['parameter_share']:.2%} | {r['cache_share']:.1%} | {r.get('summary_bytes', float('nan')):g} |"
         )
     write(args.out, args.steps, args.seq_len, results)
+
+
+def scored(lm, predictor: Predictor, held) -> dict:
+    """A trained predictor's held-out scores, bytes a token and overheads (one row of the table)."""
+    return {**heldout_scores(lm, predictor, held),
+            "summary_bytes": summary_bytes(predictor.config.dim, predictor.config.key_bits),
+            **predictor.overheads(lm.spec, lm.parameter_count)}
 
 
 def summary_bytes(channels: int, bits: int) -> float:

@@ -4,7 +4,8 @@
     python benchmarks/profile_decode_cpu.py --summarize runs/decode.prof
 
 The loop prefills `--context` tokens of held-out text once and decodes `--new-tokens` greedily with one
-thread, untraced; the summary counts only samples inside the decode steps (`decode_tokens`).
+thread, untraced, numba's kernels warmed up first; the summary counts only samples inside the decode steps
+(`decode_tokens`; the first of them also stores the prompt's key codes).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from core.budget import Budget
 from core.data import token_chunks
 from core.decode import GenerationConfig, generate, prefill_prompt
+from core.kernels.select_cpu import warm_up
 from core.models import DEFAULT_MODEL, load
 from core.policies import make_policy
 
@@ -34,6 +36,7 @@ def decode(model: str, method: str, budget: str, context: int, new_tokens: int) 
     """Decode tokens/s of `method` after one dense prefill of `context` held-out tokens."""
     torch.set_num_threads(1)
     lm = load(model)
+    warm_up()  # numba's kernels loaded before decoding, as the page and CLI do at start-up
     ids = token_chunks(lm.tokenizer, "heldout", context, max_chunks=1, order="in-order")[0].view(1, -1)
     config = GenerationConfig(max_new_tokens=new_tokens, stop_at_eos=False)
     shared = prefill_prompt(lm, ids, config)
