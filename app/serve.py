@@ -7,6 +7,7 @@ import socket
 import gradio as gr
 
 from app.ui import build_demo, launch_kwargs
+from core.kernels.select_cpu import warm_up
 
 
 def free_port() -> int:
@@ -17,7 +18,8 @@ def free_port() -> int:
 
 def start_local(**options) -> tuple[gr.Blocks, str]:
     """Build the demo (`options` go to build_demo), launch it without blocking on 127.0.0.1, and return it
-    with its URL."""
+    with its URL. The selection kernels are warmed up first, as app.py does, so no run pays their load."""
+    warm_up()
     demo = build_demo(**options)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs())

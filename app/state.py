@@ -7,6 +7,7 @@ keeps one long run from filling the server.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from core import models
@@ -16,6 +17,23 @@ from core.traceviews import trace_nbytes
 
 TRACE_BYTES_CAP = 128 * 2**20
 STATE_TTL_S = 1800
+
+
+THREADS_ENV = "TOKENBUTLER_THREADS"
+
+
+def decode_threads() -> int:
+    """Torch threads for the page's decoding: $TOKENBUTLER_THREADS, or every core but one (at least one).
+
+    The page decodes while its own server streams each token to the browser; on a 2-core machine (a free
+    Space) two decode threads share both cores with that work, and the many small ops of a sparse step
+    suffer most (docs/results.md, the page's speed)."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_ENV} must be a whole number of threads >= 1, got {value!r}.")
+        return int(value)
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 def shared_model() -> models.LoadedModel:
