@@ -1,4 +1,5 @@
-"""What the app benchmarks share: an app to talk to (in-process or at --url), percentiles, the JSON file."""
+"""What the app benchmarks and the browser test share: an app to talk to (in-process or at --url), the
+browser to drive it with, percentiles, the JSON file."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent.parent / "assets" / "results"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, driven by Playwright (never a browser download)
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @contextlib.contextmanager

@@ -17,14 +17,11 @@ import re
 from pathlib import Path
 
 import torch
-from app_harness import app_url, write_json
+from app_harness import CHROMIUM, CHROMIUM_ARGS, app_url, write_json
 from bench_app_latency import prompt_of_length
 
 from core.models import DEFAULT_MODEL, load
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOT = Path(__file__).resolve().parent.parent / "test-artifacts" / "page_speed.png"
 
 
@@ -42,7 +39,7 @@ def run_page(url: str, prompt: str, method: str, ratio: float, new_tokens: int, 
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(timeout_s * 1000)
         page.goto(url)
