@@ -4,7 +4,8 @@ Starts the page in this process, opens it in Debian's chromium through Playwrigh
 --prompt-tokens tokens (filler text, chat-templated length), picks the method and budget, presses Generate
 and waits for the run to finish. The page decodes the method and then dense from the same prefill,
 both untraced, and its "Run statistics" table shows each one's decode tokens/s; this script reads that
-table, saves a screenshot to test-artifacts/page_speed.png and writes assets/results/page_speed.json.
+table, writes it to --out (default assets/results/page_speed.json) and saves a screenshot of the page
+beside the other browser screenshots, test-artifacts/<the JSON's name>.png.
 
     python benchmarks/page_speed_browser.py [--prompt-tokens 4096] [--method tokenbutler] [--ratio 0.1]
         [--new-tokens 64] [--threads N] [--out JSON]
@@ -17,12 +18,13 @@ import re
 from pathlib import Path
 
 import torch
-from app_harness import CHROMIUM, CHROMIUM_ARGS, app_url, write_json
+from app_harness import CHROMIUM, CHROMIUM_ARGS, RESULTS, app_url, write_json
 from bench_app_latency import prompt_of_length
 
+from app.state import decode_threads
 from core.models import DEFAULT_MODEL, load
 
-SHOT = Path(__file__).resolve().parent.parent / "test-artifacts" / "page_speed.png"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def stats_rows(text: str) -> dict[str, list[str]]:
@@ -35,7 +37,7 @@ def stats_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def run_page(url: str, prompt: str, method: str, ratio: float, new_tokens: int, timeout_s: int) -> dict:
+def run_page(url: str, prompt: str, method: str, ratio: float, new_tokens: int, timeout_s: int, shot: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -55,8 +57,8 @@ def run_page(url: str, prompt: str, method: str, ratio: float, new_tokens: int, 
         stats = page.locator("#run-stats")
         stats.scroll_into_view_if_needed()
         text = stats.inner_text()
-        SHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SHOT), full_page=True)
+        shot.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True)
         browser.close()
     rows = stats_rows(text)
     labels, rates = rows.get("", []), rows["decode tokens / s (untraced)"]
@@ -69,19 +71,20 @@ def main() -> None:
     parser.add_argument("--method", default="tokenbutler")
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="default: the page's own")
+    parser.add_argument("--threads", type=int, default=decode_threads(), help="default: the page's own count")
     parser.add_argument("--url", default=None, help="a page already running (default: start one here)")
     parser.add_argument("--timeout-s", type=int, default=900)
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: assets/results/page_speed.json)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "page_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    shot = ARTIFACTS / f"{args.out.stem}.png"
     prompt = prompt_of_length(load(DEFAULT_MODEL), args.prompt_tokens)
     with app_url(args.url) as url:
-        result = run_page(url, prompt, args.method, args.ratio, args.new_tokens, args.timeout_s)
+        result = run_page(url, prompt, args.method, args.ratio, args.new_tokens, args.timeout_s, shot)
     rates = list(result["runs"].values())
     print(result["stats_text"])
     print(f"\n{args.method}@{args.ratio:.0%} / dense, decode tokens/s on the page: {rates[0] / rates[1]:.2f}x "
-          f"({args.prompt_tokens}-token prompt, {args.threads} thread(s)); screenshot {SHOT}")
+          f"({args.prompt_tokens}-token prompt, {args.threads} thread(s)); screenshot {shot}")
     path = write_json("page_speed.json", {"prompt_tokens": args.prompt_tokens, "method": args.method,
                                           "ratio": args.ratio, "new_tokens": args.new_tokens, **result,
                                           "speedup": rates[0] / rates[1]}, args.out)
